@@ -1,0 +1,147 @@
+"""Shared defaults: MaskFormer R50 on ADE20K-150 semantic (SPEC.md §1, §5, §6).
+
+Experiment files start from `get_config()` and change what differs. Backbone presets: `resnet(50)`,
+`resnet(101)`, `resnet("101c")`, `swin("tiny" | "small" | "base" | "large")`.
+"""
+
+import ml_collections
+
+
+def resnet(depth) -> ml_collections.ConfigDict:
+    """ResNet-50/101 (7x7 stem) or "101c" (three 3x3 stem convs, res5 multi-grid dilations 1, 2, 4)."""
+    depths = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), "101c": (3, 4, 23, 3)}[depth]
+    return ml_collections.ConfigDict(
+        dict(
+            name="resnet",
+            depths=depths,  # bottleneck blocks in res2..res5
+            deep_stem=depth == "101c",  # R101c: 3x3 convs 64, 64, 128 instead of one 7x7
+            res5_multi_grid=(1, 2, 4) if depth == "101c" else (1, 1, 1),  # dilations of res5's 3x3 convs
+        )
+    )
+
+
+def swin(size: str) -> ml_collections.ConfigDict:
+    """Swin-T/S (window 7, ImageNet-1k 224) or Swin-B/L (window 12, ImageNet-22k 384)."""
+    embed_dim, depths, num_heads, window_size = {
+        "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7),
+        "small": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
+        "base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
+        "large": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
+    }[size]
+    return ml_collections.ConfigDict(
+        dict(
+            name="swin",
+            embed_dim=embed_dim,  # channels of res2; doubled at each stage
+            depths=depths,  # blocks per stage
+            num_heads=num_heads,  # attention heads per stage
+            window_size=window_size,
+            drop_path_rate=0.3,  # stochastic depth, rising linearly to this over all blocks
+            patch_size=4,
+            mlp_ratio=4.0,
+        )
+    )
+
+
+def use_swin(config: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:
+    """Swin backbone with its optimizer recipe: lr 6e-5, weight decay 0.01, no backbone multiplier,
+    1500 linear warmup steps from a factor of 1e-6 (SPEC.md §6)."""
+    config.model.backbone = swin(size)
+    config.optimizer.learning_rate = 6e-5
+    config.optimizer.weight_decay = 0.01
+    config.optimizer.backbone_multiplier = 1.0
+    config.optimizer.warmup_steps = 1500
+    config.optimizer.warmup_factor = 1e-6
+    return config
+
+
+def use_crop_640(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The 640x640 ADE20K recipe of Swin-B/L: short sides 320..1280 step 64, long side <= 2560."""
+    config.dataset.image_size = (640, 640)
+    config.dataset.min_size_train = tuple(range(320, 1281, 64))
+    config.dataset.max_size_train = 2560
+    config.dataset.min_size_test = 640
+    config.dataset.max_size_test = 2560
+    return config
+
+
+def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """COCO panoptic: 133 classes, DETR-style augmentation, batch 64, 554,400 steps with a x0.1 step at
+    369,600, 10 no-op warmup steps (SPEC.md §5, §6)."""
+    config.model.num_classes = 133
+    config.dataset.name = "coco_panoptic"
+    config.dataset.ignore_label = 255
+    # Static shapes: batches are padded to this fixed size, which holds every DETR-style resize
+    # (short side <= 800, long side <= 1333) of a landscape image, rounded up to a multiple of 32.
+    config.dataset.image_size = (800, 1344)
+    config.dataset.min_size_train = tuple(range(480, 801, 32))
+    config.dataset.max_size_train = 1333
+    config.dataset.crop_min_sizes = (400, 500, 600)  # first resize of the crop branch (p = 0.5)
+    config.dataset.crop_size_range = (384, 600)  # random crop side range of the crop branch
+    config.dataset.min_size_test = 800
+    config.dataset.max_size_test = 1333
+    config.dataset.size_divisibility = 0  # the reference pads COCO batches only to the batch maximum
+    config.inference.task = "panoptic"
+    config.batch_size = 64
+    config.num_steps = 554_400
+    config.optimizer.schedule = "step"
+    config.optimizer.decay_steps = (369_600,)
+    config.optimizer.warmup_steps = 10
+    config.optimizer.warmup_factor = 1.0
+    return config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = resnet(50)
+    config.model.num_classes = 150  # K; the class head has K + 1 outputs, the last is "no object"
+    config.model.num_queries = 100
+    config.model.hidden_dim = 256  # width of the query decoder
+    config.model.num_heads = 8
+    config.model.dim_feedforward = 2048
+    config.model.dropout = 0.1
+    config.model.decoder_layers = 6
+    config.model.conv_dim = 256  # pixel decoder FPN width
+    config.model.mask_dim = 256  # per-pixel and mask embedding width
+    config.model.encoder_layers = 0  # transformer encoder layers on res5 in the pixel decoder (COCO R50/R101: 6)
+    config.model.enforce_input_projection = False  # 1x1 conv before the decoder even when widths agree
+    config.model.dtype = "float32"  # activations: "float32" or "bfloat16"; parameters stay float32
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "ade20k"
+    config.dataset.ignore_label = 255
+    config.dataset.num_classes = config.model.get_ref("num_classes")
+    config.dataset.image_size = (512, 512)  # fixed (H, W) of training images: the crop, padded to it
+    config.dataset.min_size_train = tuple(int(0.1 * x * 512) for x in range(5, 21))  # short side choices
+    config.dataset.max_size_train = 2048
+    config.dataset.min_size_test = 512
+    config.dataset.max_size_test = 2048
+    config.dataset.size_divisibility = 32  # eval padding: a multiple of this above the resized image
+
+    config.inference = ml_collections.ConfigDict()
+    config.inference.task = "semantic"  # "semantic", "panoptic" or "instance"
+    config.inference.object_mask_threshold = 0.8  # panoptic: keep queries with a higher class score
+    config.inference.overlap_threshold = 0.8  # panoptic: keep segments that keep this share of their mask
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.weights = {"class": 1.0, "focal": 20.0, "dice": 1.0}
+    config.loss.no_object_weight = 0.1
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.backbone_multiplier = 0.1  # backbone lr = learning_rate * this
+    config.optimizer.clip_grad_norm = 0.01  # global norm over the full model
+    config.optimizer.schedule = "poly"  # "poly" (power below) or "step" (decay_factor at decay_steps)
+    config.optimizer.poly_power = 0.9
+    config.optimizer.decay_steps = ()
+    config.optimizer.decay_factor = 0.1
+    config.optimizer.warmup_steps = 0
+    config.optimizer.warmup_factor = 1.0  # lr factor at step 0, rising linearly to 1 over warmup_steps
+
+    config.batch_size = 16  # global, over all devices and hosts
+    config.num_steps = 160_000
+    return config

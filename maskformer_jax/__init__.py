@@ -1,0 +1,1 @@
+"""MaskFormer in JAX/Flax: mask classification for semantic, panoptic and instance segmentation."""

@@ -1,0 +1,111 @@
+"""MaskFormer: backbone → pixel decoder → query decoder → class and mask heads."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from maskformer_jax.models.pixel_decoder import PixelDecoder, c2_xavier_fill
+from maskformer_jax.models.resnet import ResNet
+from maskformer_jax.models.swin import Swin
+from maskformer_jax.models.transformer import QueryDecoder
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class MaskEmbedding(nn.Module):
+    """MLP hidden → hidden → hidden → mask_dim with ReLU between layers."""
+
+    hidden_dim: int
+    mask_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layer0")(x))
+        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layer1")(x))
+        return nn.Dense(self.mask_dim, dtype=self.dtype, name="layer2")(x)
+
+
+class MaskFormer(nn.Module):
+    """Images [B, H, W, 3] float32, normalised with SPEC's mean/std, H and W multiples of 32 → dict of
+    class_logits [L, B, Q, K+1] float32 (index K = "no object"),
+    mask_logits [L, B, Q, H/4, W/4] float32,
+    pixel_embeddings [B, H/4, W/4, mask_dim] (the per-pixel embeddings).
+    L = decoder layers; the last is the prediction, the others feed the auxiliary losses.
+    """
+
+    backbone: nn.Module
+    pixel_decoder: PixelDecoder
+    query_decoder: QueryDecoder
+    num_classes: int
+    hidden_dim: int = 256
+    enforce_input_projection: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        features = self.backbone(images, train=train)
+        pixel_embeddings, decoder_input = self.pixel_decoder(features, train=train)
+        if decoder_input.shape[-1] != self.hidden_dim or self.enforce_input_projection:
+            decoder_input = nn.Conv(
+                self.hidden_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj"
+            )(decoder_input)
+        queries = self.query_decoder(decoder_input, train=train)  # [L, B, Q, C]
+        class_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="class_embed")(queries)
+        mask_embeddings = MaskEmbedding(self.hidden_dim, pixel_embeddings.shape[-1], self.dtype, name="mask_embed")(
+            queries
+        )
+        mask_logits = jnp.einsum("lbqc,bhwc->lbqhw", mask_embeddings, pixel_embeddings)
+        return {
+            "class_logits": class_logits.astype(jnp.float32),
+            "mask_logits": mask_logits.astype(jnp.float32),
+            "pixel_embeddings": pixel_embeddings,
+        }
+
+
+def build_backbone(config: ml_collections.ConfigDict, dtype) -> nn.Module:
+    """A ResNet or Swin from `config.model.backbone` (see configs/base.py for the presets)."""
+    if config.name == "resnet":
+        return ResNet(
+            depths=tuple(config.depths),
+            deep_stem=config.deep_stem,
+            res5_multi_grid=tuple(config.res5_multi_grid),
+            dtype=dtype,
+        )
+    if config.name == "swin":
+        return Swin(
+            embed_dim=config.embed_dim,
+            depths=tuple(config.depths),
+            num_heads=tuple(config.num_heads),
+            window_size=config.window_size,
+            drop_path_rate=config.drop_path_rate,
+            patch_size=config.patch_size,
+            mlp_ratio=config.mlp_ratio,
+            dtype=dtype,
+        )
+    raise ValueError(f"config.model.backbone.name must be 'resnet' or 'swin', got {config.name!r}")
+
+
+def build_model(config: ml_collections.ConfigDict) -> MaskFormer:
+    """The MaskFormer described by a model config (`config.model` of an experiment config)."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    dtype = DTYPES[config.dtype]
+    transformer = dict(
+        num_heads=config.num_heads, dim_feedforward=config.dim_feedforward, dropout=config.dropout, dtype=dtype
+    )
+    return MaskFormer(
+        backbone=build_backbone(config.backbone, dtype),
+        pixel_decoder=PixelDecoder(
+            conv_dim=config.conv_dim, mask_dim=config.mask_dim, encoder_layers=config.encoder_layers, **transformer
+        ),
+        query_decoder=QueryDecoder(
+            num_queries=config.num_queries, num_layers=config.decoder_layers, **transformer
+        ),
+        num_classes=config.num_classes,
+        hidden_dim=config.hidden_dim,
+        enforce_input_projection=config.enforce_input_projection,
+        dtype=dtype,
+    )

@@ -1,0 +1,104 @@
+"""FPN pixel decoder ("BasePixelDecoder") and its variant with a transformer encoder on res5.
+
+Layer names follow the reference: `adapter_{1,2,3}` laterals for res2..res4, `layer_{1..4}` output
+convs, `mask_features` for the final projection.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from maskformer_jax.models.transformer import TransformerEncoder
+
+# detectron2's c2_xavier_fill: kaiming-uniform with a=1, i.e. U(±sqrt(3 / fan_in)); biases 0.
+c2_xavier_fill = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+
+
+def resize_nearest_legacy(x, height: int, width: int):
+    """PyTorch's legacy `interpolate(mode="nearest")`: [B, h, w, C] → [B, height, width, C].
+
+    Source index = min(floor(dst * (in / out)), in - 1) in float32; this is not the half-pixel rule of
+    `jax.image.resize(method="nearest")`, and differs from `repeat` when sizes are not an exact 2x.
+    """
+    def source_index(size_in, size_out):
+        if size_in == size_out:
+            return np.arange(size_out)
+        scale = np.float32(size_in) / np.float32(size_out)
+        index = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
+        return np.minimum(index, size_in - 1)
+
+    x = x[:, source_index(x.shape[1], height)]
+    return x[:, :, source_index(x.shape[2], width)]
+
+
+class ConvGroupNorm(nn.Module):
+    """Conv (no bias) → GroupNorm(32) → optional ReLU."""
+
+    features: int
+    kernel_size: int
+    relu: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        pad = self.kernel_size // 2
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=c2_xavier_fill,
+            name="conv",
+        )(x)
+        x = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+        return nn.relu(x) if self.relu else x
+
+
+class PixelDecoder(nn.Module):
+    """Top-down FPN from res5 to res2, then a 3x3 conv to the per-pixel embeddings at stride 4.
+
+    With `encoder_layers > 0` ("TransformerEncoderPixelDecoder"), res5 is projected to `conv_dim` and
+    passed through that many transformer encoder layers before the FPN; the encoder output is also
+    what the query decoder attends to. Otherwise the query decoder attends to the raw res5.
+    """
+
+    conv_dim: int = 256
+    mask_dim: int = 256
+    encoder_layers: int = 0
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        """features: {"res2".."res5"} NHWC maps.
+
+        Returns (pixel_embeddings [B, H/4, W/4, mask_dim], decoder_input [B, H/32, W/32, C]).
+        """
+        decoder_input = features["res5"]
+        if self.encoder_layers > 0:
+            x = nn.Conv(self.conv_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj")(
+                decoder_input.astype(self.dtype)
+            )
+            decoder_input = TransformerEncoder(
+                self.encoder_layers, self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name="encoder"
+            )(x, train)
+        y = ConvGroupNorm(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input)
+        for level in (3, 2, 1):  # res4, res3, res2
+            lateral = features[f"res{level + 1}"]
+            lateral = ConvGroupNorm(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(lateral)
+            y = lateral + resize_nearest_legacy(y, *lateral.shape[1:3])
+            y = ConvGroupNorm(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y)
+        pixel_embeddings = nn.Conv(
+            self.mask_dim,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            kernel_init=c2_xavier_fill,
+            name="mask_features",
+        )(y)
+        return pixel_embeddings, decoder_input

@@ -1,0 +1,162 @@
+"""DETR-style transformer pieces: 2D sine position encoding, post-norm encoder and decoder layers,
+and the query decoder that returns every layer's output through a shared final LayerNorm.
+"""
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+LAYER_NORM_EPSILON = 1e-5  # PyTorch's default, used by the reference
+_xavier = nn.initializers.xavier_uniform()
+# The reference packs q/k/v into one [3C, C] matrix and applies xavier to it: fan_in C, fan_out 3C.
+# For each [C, C] slice that is a uniform variance of 2 / (4C), i.e. half of xavier on [C, C].
+_packed_xavier = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+
+
+def sine_position_encoding(height: int, width: int, num_features: int = 128, temperature: float = 10000.0):
+    """[H, W, 2 * num_features] float32: (y, x) encodings of normalised coordinates scaled to 2π.
+
+    Positions run 1..H and 1..W (cumsum of an all-valid mask), normalised by the last position + 1e-6;
+    channels are [sin, cos, sin, cos, ...] with frequencies temperature^(2*floor(i/2)/num_features),
+    y channels first. Computed with numpy at trace time: the encoding depends only on the shape.
+    """
+    scale = 2 * math.pi
+    y = np.arange(1, height + 1, dtype=np.float32)[:, None].repeat(width, 1)
+    x = np.arange(1, width + 1, dtype=np.float32)[None, :].repeat(height, 0)
+    y = y / (y[-1:, :] + 1e-6) * scale
+    x = x / (x[:, -1:] + 1e-6) * scale
+    dim_t = np.arange(num_features, dtype=np.float32)
+    dim_t = (temperature ** (2 * (dim_t // 2) / num_features)).astype(np.float32)
+
+    def interleave(v):
+        v = v[:, :, None] / dim_t
+        return np.stack([np.sin(v[:, :, 0::2]), np.cos(v[:, :, 1::2])], axis=3).reshape(height, width, -1)
+
+    return np.concatenate([interleave(y), interleave(x)], axis=-1).astype(np.float32)
+
+
+def _attention(num_heads, dropout, dtype, name=None):
+    return nn.MultiHeadDotProductAttention(
+        num_heads=num_heads,
+        dropout_rate=dropout,
+        broadcast_dropout=False,  # PyTorch drops attention weights independently per batch element
+        dtype=dtype,
+        kernel_init=_packed_xavier,
+        out_kernel_init=_xavier,
+        name=name,
+    )
+
+
+class FeedForward(nn.Module):
+    """Linear → ReLU → dropout → Linear: [..., C] → [..., C]."""
+
+    hidden_dim: int
+    dropout: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_xavier, name="linear1")(x)
+        y = nn.Dropout(self.dropout)(nn.relu(y), deterministic=not train)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_xavier, name="linear2")(y)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm self-attention layer; the position encoding is added to queries and keys only."""
+
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, pos, train: bool = False):
+        """x: [B, N, C] tokens, pos: [N, C] or [B, N, C] → [B, N, C]."""
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
+        qk = x + pos
+        y = _attention(self.num_heads, self.dropout, self.dtype, "self_attn")(qk, qk, x, deterministic=not train)
+        x = norm(name="norm1")(x + drop(y))
+        y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
+        return norm(name="norm2")(x + drop(y))
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm DETR decoder layer: self-attention, cross-attention to the image, feed-forward."""
+
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, query_pos, memory, memory_pos, train: bool = False):
+        """x: [B, Q, C], query_pos: [Q, C], memory: [B, N, C], memory_pos: [N, C] → [B, Q, C]."""
+        drop = nn.Dropout(self.dropout, deterministic=not train)
+        norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
+        attention = functools.partial(_attention, self.num_heads, self.dropout, self.dtype)
+        q = x + query_pos
+        y = attention(name="self_attn")(q, q, x, deterministic=not train)
+        x = norm(name="norm1")(x + drop(y))
+        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, deterministic=not train)
+        x = norm(name="norm2")(x + drop(y))
+        y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
+        return norm(name="norm3")(x + drop(y))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of post-norm encoder layers over a feature map (no final norm, as the reference)."""
+
+    num_layers: int = 6
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+        """features: [B, H, W, C] → [B, H, W, C]."""
+        b, h, w, c = features.shape
+        pos = jnp.asarray(sine_position_encoding(h, w, c // 2), self.dtype).reshape(h * w, c)
+        x = features.reshape(b, h * w, c)
+        for i in range(self.num_layers):
+            x = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")(
+                x, pos, train
+            )
+        return x.reshape(b, h, w, c)
+
+
+class QueryDecoder(nn.Module):
+    """Learned queries attending to an image feature map.
+
+    The decoder content starts at zeros; the learned query embeddings are the query positions.
+    Returns every layer's output through the shared final LayerNorm (deep supervision).
+    """
+
+    num_queries: int = 100
+    num_layers: int = 6
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, memory, train: bool = False):
+        """memory: [B, H, W, C] → [L, B, Q, C] for L decoder layers."""
+        b, h, w, c = memory.shape
+        memory_pos = jnp.asarray(sine_position_encoding(h, w, c // 2), self.dtype).reshape(h * w, c)
+        memory = memory.reshape(b, h * w, c)
+        query_pos = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, c))
+        query_pos = query_pos.astype(self.dtype)
+        x = jnp.zeros((b, self.num_queries, c), self.dtype)
+        final_norm = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="norm")
+        outputs = []
+        for i in range(self.num_layers):
+            layer = DecoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")
+            x = layer(x, query_pos, memory, memory_pos, train)
+            outputs.append(final_norm(x))
+        return jnp.stack(outputs)

@@ -1,0 +1,1 @@
+"""Importers of MaskFormer weights from other implementations."""
