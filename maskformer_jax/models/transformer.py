@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,16 +40,32 @@ def sine_position_encoding(height: int, width: int, num_features: int = 128, tem
     return np.concatenate([interleave(y), interleave(x)], axis=-1).astype(np.float32)
 
 
-def _attention(num_heads, dropout, dtype, name=None):
-    return nn.MultiHeadDotProductAttention(
-        num_heads=num_heads,
-        dropout_rate=dropout,
-        broadcast_dropout=False,  # PyTorch drops attention weights independently per batch element
-        dtype=dtype,
-        kernel_init=_packed_xavier,
-        out_kernel_init=_xavier,
-        name=name,
-    )
+class MultiHeadAttention(nn.Module):
+    """PyTorch-style multi-head attention: q/k/v projections with bias, scaled dot product,
+    dropout on the attention weights, output projection. The softmax runs in float32."""
+
+    num_heads: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, query, key, value, train: bool = False):
+        """query: [B, Nq, C], key and value: [B, Nk, C] → [B, Nq, C]."""
+        channels = query.shape[-1]
+        head_dim = channels // self.num_heads
+
+        def project(x, name):
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim), dtype=self.dtype, kernel_init=_packed_xavier, name=name
+            )(x)
+
+        q = project(query, "query") * head_dim**-0.5
+        k, v = project(key, "key"), project(value, "value")
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return nn.DenseGeneral(channels, axis=(-2, -1), dtype=self.dtype, kernel_init=_xavier, name="out")(out)
 
 
 class FeedForward(nn.Module):
@@ -79,7 +96,7 @@ class EncoderLayer(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
         qk = x + pos
-        y = _attention(self.num_heads, self.dropout, self.dtype, "self_attn")(qk, qk, x, deterministic=not train)
+        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="self_attn")(qk, qk, x, train)
         x = norm(name="norm1")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm2")(x + drop(y))
@@ -98,11 +115,11 @@ class DecoderLayer(nn.Module):
         """x: [B, Q, C], query_pos: [Q, C], memory: [B, N, C], memory_pos: [N, C] → [B, Q, C]."""
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
-        attention = functools.partial(_attention, self.num_heads, self.dropout, self.dtype)
+        attention = functools.partial(MultiHeadAttention, self.num_heads, self.dropout, self.dtype)
         q = x + query_pos
-        y = attention(name="self_attn")(q, q, x, deterministic=not train)
+        y = attention(name="self_attn")(q, q, x, train)
         x = norm(name="norm1")(x + drop(y))
-        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, deterministic=not train)
+        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, train)
         x = norm(name="norm2")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm3")(x + drop(y))
