@@ -167,3 +167,23 @@ def test_bfloat16_forward_matches_float32(tiny_model):
         assert 0 < relative_rms < 0.05, (key, relative_rms)
     agree = jnp.mean(jnp.argmax(half["mask_logits"][-1], 1) == jnp.argmax(full["mask_logits"][-1], 1))
     assert float(agree) > 0.9
+
+
+def test_initialisation_follows_reference(tiny_model):
+    """Heads: PyTorch's default Linear, U(±1/sqrt(fan_in)); attention q/k/v: xavier on the packed
+    [3C, C] matrix; FPN convs: c2_xavier_fill, U(±sqrt(3/fan_in)); queries: N(0, 1)."""
+    config, _, variables, _ = tiny_model
+    params = variables["params"]
+    hidden, conv_dim = config.hidden_dim, config.conv_dim
+
+    def bound(array):
+        return float(jnp.abs(array).max())
+
+    head_bound = hidden**-0.5
+    assert 0.95 * head_bound < bound(params["class_embed"]["kernel"]) <= head_bound
+    assert 0.9 * head_bound < bound(params["mask_embed"]["layer1"]["bias"]) <= head_bound
+    qkv_bound = (6 / (hidden + 3 * hidden)) ** 0.5
+    assert 0.95 * qkv_bound < bound(params["query_decoder"]["layer0"]["cross_attn"]["key"]["kernel"]) <= qkv_bound
+    conv_bound = (3 / (9 * conv_dim)) ** 0.5
+    assert 0.95 * conv_bound < bound(params["pixel_decoder"]["layer_1"]["conv"]["kernel"]) <= conv_bound
+    assert 0.8 < float(jnp.std(params["query_decoder"]["query_embed"])) < 1.2

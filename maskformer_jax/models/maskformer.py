@@ -3,6 +3,7 @@
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -14,6 +15,18 @@ from maskformer_jax.models.transformer import QueryDecoder
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def torch_linear(features: int, fan_in: int, dtype, name: str) -> nn.Dense:
+    """Dense with PyTorch's default Linear init, as the reference heads: U(±1/sqrt(fan_in)) for the
+    kernel and the bias."""
+    bound = fan_in**-0.5
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
 class MaskEmbedding(nn.Module):
     """MLP hidden → hidden → hidden → mask_dim with ReLU between layers."""
 
@@ -23,9 +36,10 @@ class MaskEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layer0")(x))
-        x = nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="layer1")(x))
-        return nn.Dense(self.mask_dim, dtype=self.dtype, name="layer2")(x)
+        fan_in = x.shape[-1]
+        x = nn.relu(torch_linear(self.hidden_dim, fan_in, self.dtype, "layer0")(x))
+        x = nn.relu(torch_linear(self.hidden_dim, self.hidden_dim, self.dtype, "layer1")(x))
+        return torch_linear(self.mask_dim, self.hidden_dim, self.dtype, "layer2")(x)
 
 
 class MaskFormer(nn.Module):
@@ -53,7 +67,8 @@ class MaskFormer(nn.Module):
                 self.hidden_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj"
             )(decoder_input)
         queries = self.query_decoder(decoder_input, train=train)  # [L, B, Q, C]
-        class_logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name="class_embed")(queries)
+        class_head = torch_linear(self.num_classes + 1, queries.shape[-1], self.dtype, "class_embed")
+        class_logits = class_head(queries)
         mask_embeddings = MaskEmbedding(self.hidden_dim, pixel_embeddings.shape[-1], self.dtype, name="mask_embed")(
             queries
         )
