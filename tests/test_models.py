@@ -12,9 +12,9 @@ from transformers.models.maskformer.modeling_maskformer import MaskFormerSinePos
 
 from configs import tiny
 from maskformer_jax.models import build_model
-from maskformer_jax.models.pixel_decoder import resize_nearest_legacy
 from maskformer_jax.models.resnet import Bottleneck
 from maskformer_jax.models.transformer import TransformerEncoder, sine_position_encoding
+from maskformer_jax.resize import resize_nearest_legacy
 
 
 @pytest.mark.parametrize("height,width,features", [(3, 5, 128), (7, 4, 16)])

@@ -8,29 +8,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from maskformer_jax.models.transformer import TransformerEncoder
+from maskformer_jax.resize import resize_nearest_legacy
 
 # detectron2's c2_xavier_fill: kaiming-uniform with a=1, i.e. U(±sqrt(3 / fan_in)); biases 0.
 c2_xavier_fill = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
-
-
-def resize_nearest_legacy(x, height: int, width: int):
-    """PyTorch's legacy `interpolate(mode="nearest")`: [B, h, w, C] → [B, height, width, C].
-
-    Source index = min(floor(dst * (in / out)), in - 1) in float32; this is not the half-pixel rule of
-    `jax.image.resize(method="nearest")`, and differs from `repeat` when sizes are not an exact 2x.
-    """
-    def source_index(size_in, size_out):
-        if size_in == size_out:
-            return np.arange(size_out)
-        scale = np.float32(size_in) / np.float32(size_out)
-        index = np.floor(np.arange(size_out, dtype=np.float32) * scale).astype(np.int64)
-        return np.minimum(index, size_in - 1)
-
-    x = x[:, source_index(x.shape[1], height)]
-    return x[:, :, source_index(x.shape[2], width)]
 
 
 class ConvGroupNorm(nn.Module):

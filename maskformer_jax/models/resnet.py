@@ -1,7 +1,7 @@
 """ResNet-50/101 (torchvision layout) and ResNet-101c (deep stem, dilated res5) with frozen BatchNorm.
 
-Layer names follow detectron2 (`stem.conv1`, `res2_0.conv1`, `res2_0.shortcut`, ...) so that official
-checkpoints map one to one. Images are NHWC.
+Layer names follow detectron2 (`stem.conv1` → `stem_conv1`, `res2.0.conv1` → `res2_0/conv1`, with
+`conv` and `norm` inside) so that official checkpoints map one to one. Images are NHWC.
 """
 
 from typing import Any, Sequence

@@ -1,0 +1,190 @@
+"""Matching costs [.., B, Q, T] and exact assignment solvers, as pure functions.
+
+Solvers share one signature, `(cost [..., B, Q, T], valid [B, T]) -> assignment [..., B, Q]` (target
+index per query, -1 for unmatched): every valid target gets exactly one query, padded targets none.
+- "jax": an exact shortest-augmenting-path solver (the algorithm of scipy's linear_sum_assignment)
+  that runs on device, vmapped over matrices, and loops only over the valid targets.
+- "scipy": scipy's linear_sum_assignment on the host through one `jax.pure_callback` per device.
+Under a mesh with a "data" axis, `match` runs the solver in `jax.shard_map`, so each device solves its
+own shard of the batch (a bare callback would run once, on one device, for the global batch).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from jax.sharding import PartitionSpec
+
+from maskformer_jax.resize import resize_nearest_legacy
+
+# Non-finite costs (a diverged model) become this: large enough to lose against any real pair,
+# moderate enough to keep float32 dual updates exact.
+NON_FINITE_COST = 1e4
+
+
+def pairwise_focal_cost(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
+    """Sigmoid focal loss of every (query, target) pair, averaged over pixels.
+
+    logits: [L, B, Q, P] float32; targets: [B, T, P] in {0, 1} → [L, B, Q, T].
+    """
+    prob = jax.nn.sigmoid(logits)
+    positive = alpha * (1 - prob) ** gamma * jax.nn.softplus(-logits)
+    negative = (1 - alpha) * prob**gamma * jax.nn.softplus(logits)
+    cost = jnp.einsum("lbqp,btp->lbqt", positive - negative, targets) + negative.sum(-1)[..., None]
+    return cost / logits.shape[-1]
+
+
+def pairwise_dice_cost(logits, targets):
+    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) for every pair. logits [L, B, Q, P], targets [B, T, P]."""
+    prob = jax.nn.sigmoid(logits)
+    numerator = 2 * jnp.einsum("lbqp,btp->lbqt", prob, targets)
+    denominator = prob.sum(-1)[..., None] + targets.sum(-1)[None, :, None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def pairwise_bce_cost(logits, targets):
+    """Sigmoid cross-entropy of every pair, averaged over pixels. logits [L, B, Q, P], targets [B, T, P]."""
+    cost = jnp.einsum("lbqp,btp->lbqt", jax.nn.softplus(-logits) - jax.nn.softplus(logits), targets)
+    return (cost + jax.nn.softplus(logits).sum(-1)[..., None]) / logits.shape[-1]
+
+
+PAIRWISE_MASK_COSTS = {"focal": pairwise_focal_cost, "dice": pairwise_dice_cost, "bce": pairwise_bce_cost}
+
+
+def matching_cost(class_logits, mask_logits, segments, labels, weights):
+    """The matching cost of every (query, target) pair, for every decoder layer.
+
+    class_logits: [L, B, Q, K+1]; mask_logits: [L, B, Q, h, w]; segments: [B, H, W] int32 target index
+    per pixel (-1 for none); labels: [B, T] int32 (-1 for padding); weights: {"class": w, <mask cost
+    name>: w, ...}. Targets are downsampled to the mask resolution with PyTorch's legacy nearest rule.
+    Returns [L, B, Q, T] float32 (padded targets get arbitrary values), without gradient.
+    """
+    class_logits, mask_logits = jax.lax.stop_gradient((class_logits, mask_logits))
+    num_layers, batch, num_queries, height, width = mask_logits.shape
+    num_targets = labels.shape[-1]
+    segments = resize_nearest_legacy(segments[..., None], height, width)[..., 0]
+    targets = segments.reshape(batch, 1, height * width) == jnp.arange(num_targets)[:, None]
+    targets = targets.astype(jnp.float32)
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
+    index = jnp.broadcast_to(jnp.maximum(labels, 0)[None, :, None, :], (num_layers, batch, num_queries, num_targets))
+    cost = -weights["class"] * jnp.take_along_axis(probs, index, axis=-1)
+    logits = mask_logits.astype(jnp.float32).reshape(num_layers, batch, num_queries, height * width)
+    for name, weight in weights.items():
+        if name != "class":
+            cost = cost + weight * PAIRWISE_MASK_COSTS[name](logits, targets)
+    return cost
+
+
+def _assign_one(cost, valid):
+    """Exact min-cost assignment of the valid targets of one matrix. cost [Q, T], valid [T] → [Q] int32.
+
+    Shortest augmenting paths with dual potentials (Crouse 2016, as scipy's linear_sum_assignment):
+    targets are rows and are added one at a time, each by a Dijkstra search over the queries for the
+    cheapest path to a free query. All loop state is derived from the inputs so that the loops also
+    type-check inside `jax.shard_map`.
+    """
+    cost = cost.T  # [T, Q]
+    num_targets, num_queries = cost.shape
+    inf = jnp.full_like(cost[0], jnp.inf)
+    no_query = jnp.full_like(valid, -1, dtype=jnp.int32)  # [T]
+    no_target = jnp.full_like(cost[0], -1, dtype=jnp.int32)  # [Q]
+    rows = jnp.argsort(~valid, stable=True)  # valid targets first
+    num_rows = valid.sum()
+
+    def add_row(state):
+        k, u, v, query_of, target_of = state
+        row = rows[k]
+
+        def search_step(search):
+            i, _, _, shortest, path, seen_rows, seen_cols = search
+            seen_rows = seen_rows.at[i].set(True)
+            reduced = search[1] + cost[i] - u[i] - v
+            better = ~seen_cols & (reduced < shortest)
+            path = jnp.where(better, i, path)
+            shortest = jnp.where(better, reduced, shortest)
+            candidates = jnp.where(seen_cols, jnp.inf, shortest)
+            lowest = candidates.min()
+            ties = candidates == lowest
+            free = ties & (target_of < 0)  # among equal paths, prefer one that ends here
+            j = jnp.where(free.any(), jnp.argmax(free), jnp.argmax(ties))
+            seen_cols = seen_cols.at[j].set(True)
+            sink = jnp.where(target_of[j] < 0, j, -1)
+            return jnp.where(sink < 0, target_of[j], i), lowest, sink, shortest, path, seen_rows, seen_cols
+
+        search = (row, jnp.zeros_like(u[0]), no_target[0], inf, no_target, no_query < -1, no_target < -1)
+        search = search_step(search)
+        search = jax.lax.while_loop(lambda s: s[2] < 0, search_step, search)
+        _, lowest, sink, shortest, path, seen_rows, seen_cols = search
+
+        # Update the potentials so that reduced costs stay non-negative.
+        shortest_of_row = shortest[jnp.maximum(query_of, 0)]
+        u = u + jnp.where(seen_rows & (jnp.arange(num_targets) != row), lowest - shortest_of_row, 0)
+        u = u.at[row].add(lowest)
+        v = v - jnp.where(seen_cols, lowest - shortest, 0)
+
+        # Flip the assignments along the path from the free query back to the new row.
+        def flip(augment):
+            j, query_of, target_of, _ = augment
+            i = path[j]
+            target_of = target_of.at[j].set(i)
+            previous = query_of[i]
+            query_of = query_of.at[i].set(j)
+            return previous, query_of, target_of, i == row
+
+        augment = jax.lax.while_loop(lambda a: ~a[3], flip, (sink, query_of, target_of, False))
+        return k + 1, u, v, augment[1], augment[2]
+
+    state = (0, jnp.zeros_like(cost[:, 0]), jnp.zeros_like(cost[0]), no_query, no_target)
+    state = jax.lax.while_loop(lambda s: s[0] < num_rows, add_row, state)
+    return state[4]
+
+
+def solve_jax(cost, valid):
+    """On-device exact solver. cost [..., B, Q, T], valid [B, T] → [..., B, Q] int32."""
+    batch_shape, (num_queries, num_targets) = cost.shape[:-2], cost.shape[-2:]
+    if num_targets == 0:
+        return jnp.full(batch_shape + (num_queries,), -1, jnp.int32)
+    size = int(np.prod(batch_shape))
+    valid = jnp.broadcast_to(valid, batch_shape + (num_targets,)).reshape(size, num_targets)
+    flat = jax.vmap(_assign_one)(cost.reshape(size, num_queries, num_targets), valid)
+    return flat.reshape(batch_shape + (num_queries,))
+
+
+def _scipy_assign(cost: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    assignment = np.full(cost.shape[:-1], -1, np.int32)
+    for index in np.ndindex(cost.shape[:-2]):
+        columns = np.flatnonzero(valid[index[-1]])
+        if columns.size:
+            queries, chosen = scipy.optimize.linear_sum_assignment(cost[index][:, columns])
+            assignment[index][queries] = columns[chosen]
+    return assignment
+
+
+def solve_scipy(cost, valid):
+    """Host solver: scipy's linear_sum_assignment, one callback for all matrices.
+    cost [..., B, Q, T], valid [B, T] → [..., B, Q] int32."""
+    result = jax.ShapeDtypeStruct(cost.shape[:-1], jnp.int32)
+    return jax.pure_callback(_scipy_assign, result, cost, valid)
+
+
+SOLVERS = {"jax": solve_jax, "scipy": solve_scipy}
+
+
+def match(cost, valid, solver: str = "jax"):
+    """Min-cost one-to-one assignment of valid targets to queries.
+
+    cost: [..., B, Q, T] (leading axes, e.g. decoder layers, are solved independently); valid: [B, T]
+    bool. Returns [..., B, Q] int32: the target index of each query, -1 where unmatched.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown matcher {solver!r}; choose one of {sorted(SOLVERS)}")
+    if cost.shape[-1] > cost.shape[-2]:
+        raise ValueError(f"{cost.shape[-1]} targets exceed {cost.shape[-2]} queries; lower max_targets")
+    cost = jax.lax.stop_gradient(cost.astype(jnp.float32))
+    cost = jnp.nan_to_num(cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST, neginf=NON_FINITE_COST)
+    solve = SOLVERS[solver]
+    mesh = jax.sharding.get_abstract_mesh()
+    if "data" in mesh.axis_names and mesh.shape["data"] > 1 and "data" not in mesh.manual_axes:
+        batch_spec = PartitionSpec(*([None] * (cost.ndim - 3)), "data")
+        solve = jax.shard_map(solve, in_specs=(batch_spec, PartitionSpec("data")), out_specs=batch_spec)
+    return solve(cost, valid)
