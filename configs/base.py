@@ -126,8 +126,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.inference.overlap_threshold = 0.8  # panoptic: keep segments that keep this share of their mask
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.weights = {"class": 1.0, "focal": 20.0, "dice": 1.0}
-    config.loss.no_object_weight = 0.1
+    # Loss terms and their weights: "class" (cross-entropy) and the mask losses of losses.MASK_LOSSES.
+    # A term with weight 0 is not computed.
+    config.loss.weights = {"class": 1.0, "focal": 20.0, "dice": 1.0, "bce": 0.0}
+    config.loss.no_object_weight = 0.1  # cross-entropy weight of the "no object" class
+    # Matching cost terms and weights: "class" (-probability) and matching.PAIRWISE_MASK_COSTS.
+    config.loss.cost_weights = {"class": 1.0, "focal": 20.0, "dice": 1.0, "bce": 0.0}
+    config.loss.matcher = "jax"  # "jax" (exact, on device) or "scipy" (exact, host callback)
+    config.loss.max_targets = 100  # target slots per image (T); must not exceed num_queries
+    # Mask losses on sampled points (Mask2Former) instead of every pixel: 0 = dense (the paper),
+    # 12544 = Mask2Former's setting.
+    config.loss.num_points = 0
+    config.loss.oversample_ratio = 3.0  # candidates per point for importance sampling
+    config.loss.importance_sample_ratio = 0.75  # share of points taken where the prediction is uncertain
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

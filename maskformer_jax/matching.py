@@ -131,10 +131,10 @@ def _assign_one(cost, valid):
             query_of = query_of.at[i].set(j)
             return previous, query_of, target_of, i == row
 
-        augment = jax.lax.while_loop(lambda a: ~a[3], flip, (sink, query_of, target_of, False))
+        augment = jax.lax.while_loop(lambda a: ~a[3], flip, (sink, query_of, target_of, jnp.zeros_like(valid[0])))
         return k + 1, u, v, augment[1], augment[2]
 
-    state = (0, jnp.zeros_like(cost[:, 0]), jnp.zeros_like(cost[0]), no_query, no_target)
+    state = (jnp.zeros_like(num_rows), jnp.zeros_like(cost[:, 0]), jnp.zeros_like(cost[0]), no_query, no_target)
     state = jax.lax.while_loop(lambda s: s[0] < num_rows, add_row, state)
     return state[4]
 

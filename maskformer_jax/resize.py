@@ -32,24 +32,30 @@ def resize_bilinear(x, height: int, width: int):
     return jax.image.resize(x, x.shape[:-2] + (height, width), method="bilinear")
 
 
-def sample_bilinear(x, points):
-    """Bilinear values of maps at points, half-pixel centres, edge-clamped.
+def bilinear_taps(height: int, width: int, points):
+    """The 4 pixels and weights that bilinear interpolation (half-pixel centres, edge-clamped) uses.
 
-    x: [..., h, w]; points: [..., P, 2] as (y, x) in [0, 1] of the map's extent → [..., P].
-    A point at the centre of output pixel i of an (H, W) grid is ((i + 0.5) / H, ...), which gives
-    exactly `resize_bilinear(x, H, W)` there.
+    points: [..., P, 2] as (y, x) in [0, 1] of a (height, width) map → (flat pixel index [..., P, 4]
+    int32, weight [..., P, 4] float32).
+    """
+    cy = jnp.clip(points[..., 0] * height - 0.5, 0, height - 1)
+    cx = jnp.clip(points[..., 1] * width - 0.5, 0, width - 1)
+    y0, x0 = jnp.floor(cy).astype(jnp.int32), jnp.floor(cx).astype(jnp.int32)
+    y1, x1 = jnp.minimum(y0 + 1, height - 1), jnp.minimum(x0 + 1, width - 1)
+    wy, wx = cy - y0, cx - x0
+    index = jnp.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], axis=-1)
+    weight = jnp.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=-1)
+    return index, weight
+
+
+def sample_bilinear(x, points):
+    """Bilinear values of maps at points. x: [..., h, w]; points: [..., P, 2] (y, x) in [0, 1] → [..., P].
+
+    A point at the centre of output pixel i of an (H, W) grid, ((i + 0.5) / H, ...), gets exactly the
+    value of `resize_bilinear(x, H, W)` there.
     """
     h, w = x.shape[-2:]
-    cy = jnp.clip(points[..., 0] * h - 0.5, 0, h - 1)
-    cx = jnp.clip(points[..., 1] * w - 0.5, 0, w - 1)
-    y0, x0 = jnp.floor(cy).astype(jnp.int32), jnp.floor(cx).astype(jnp.int32)
-    y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
-    wy, wx = cy - y0, cx - x0
+    index, weight = bilinear_taps(h, w, points)
     flat = x.reshape(x.shape[:-2] + (h * w,))
-
-    def at(yi, xi):
-        return jnp.take_along_axis(flat, yi * w + xi, axis=-1)
-
-    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    return top * (1 - wy) + bottom * wy
+    taps = jnp.take_along_axis(flat, index.reshape(index.shape[:-2] + (-1,)), axis=-1)
+    return (taps.reshape(weight.shape) * weight).sum(-1)

@@ -1,0 +1,190 @@
+"""The MaskFormer set loss as pure functions: matching, class cross-entropy and mask losses on the
+matched pairs, for every decoder layer (deep supervision, equal weights). SPEC.md §2.
+
+Targets follow the batch contract: `segments [B, H, W] int32` (target index per pixel, -1 for ignore,
+crowd and padding) and `labels [B, T] int32` (class per target slot, -1 for padding). Ignore and
+padding pixels are negatives for every matched mask, as in the reference.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from maskformer_jax.matching import PAIRWISE_MASK_COSTS, SOLVERS, match, matching_cost
+from maskformer_jax.resize import bilinear_taps, resize_bilinear, sample_bilinear
+
+
+def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
+    """Sigmoid focal loss averaged over the last axis. logits, targets: [..., P] → [...]."""
+    prob = jax.nn.sigmoid(logits)
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return jnp.mean(alpha_t * (1 - p_t) ** gamma * optax.sigmoid_binary_cross_entropy(logits, targets), -1)
+
+
+def dice_loss(logits, targets):
+    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) over the last axis. logits, targets: [..., P] → [...]."""
+    prob = jax.nn.sigmoid(logits)
+    return 1 - (2 * jnp.sum(prob * targets, -1) + 1) / (jnp.sum(prob, -1) + jnp.sum(targets, -1) + 1)
+
+
+def sigmoid_ce_loss(logits, targets):
+    """Sigmoid cross-entropy averaged over the last axis. logits, targets: [..., P] → [...]."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), -1)
+
+
+MASK_LOSSES = {"focal": sigmoid_focal_loss, "dice": dice_loss, "bce": sigmoid_ce_loss}
+
+
+def class_loss(class_logits, target_classes, no_object_weight: float):
+    """Weighted softmax cross-entropy: Σ w·nll / Σ w with w = no_object_weight for the "no object"
+    class (index K) and 1 otherwise. class_logits: [B, Q, K+1]; target_classes: [B, Q] → scalar."""
+    no_object = class_logits.shape[-1] - 1
+    weight = jnp.where(target_classes == no_object, no_object_weight, 1.0)
+    nll = optax.softmax_cross_entropy_with_integer_labels(class_logits.astype(jnp.float32), target_classes)
+    return jnp.sum(weight * nll) / jnp.sum(weight)
+
+
+def target_masks_at_points(segments, points, num_targets: int):
+    """Bilinear values of each target's binary mask at its points, without building [B, T, H, W].
+
+    segments: [B, H, W]; points: [B, T, P, 2] (y, x) in [0, 1] → [B, T, P] float32.
+    """
+    batch, height, width = segments.shape
+    index, weight = bilinear_taps(height, width, points)  # [B, T, P, 4]
+    flat = index.reshape(batch, -1)
+    ids = jnp.take_along_axis(segments.reshape(batch, height * width), flat, axis=-1).reshape(index.shape)
+    inside = ids == jnp.arange(num_targets)[None, :, None, None]
+    return jnp.sum(weight * inside, -1)
+
+
+def uncertain_points(rng, mask_logits, num_points: int, oversample_ratio: float, importance_ratio: float):
+    """Mask2Former's importance sampling: of `oversample_ratio * num_points` uniform candidates keep
+    the `importance_ratio` share where |logit| is smallest, fill the rest uniformly at random.
+
+    mask_logits: [B, T, h, w] → points [B, T, num_points, 2] as (y, x) in [0, 1].
+    """
+    batch, num_targets = mask_logits.shape[:2]
+    candidate_key, random_key = jax.random.split(rng)
+    num_candidates = int(num_points * oversample_ratio)
+    num_uncertain = int(num_points * importance_ratio)
+    candidates = jax.random.uniform(candidate_key, (batch, num_targets, num_candidates, 2))
+    logits = sample_bilinear(jax.lax.stop_gradient(mask_logits), candidates)
+    _, index = jax.lax.top_k(-jnp.abs(logits), num_uncertain)
+    uncertain = jnp.take_along_axis(candidates, index[..., None], axis=2)
+    random = jax.random.uniform(random_key, (batch, num_targets, num_points - num_uncertain, 2))
+    return jnp.concatenate([uncertain, random], axis=2)
+
+
+def mask_losses_dense(mask_logits, segments, terms):
+    """Mask losses at full target resolution: predictions upsampled bilinearly (half-pixel centres).
+
+    mask_logits: [B, T, h, w] (the query matched to each target slot); segments: [B, H, W];
+    terms: names in MASK_LOSSES → {name: [B, T]}.
+    """
+    batch, num_targets = mask_logits.shape[:2]
+    height, width = segments.shape[1:]
+    logits = resize_bilinear(mask_logits, height, width).reshape(batch, num_targets, height * width)
+    targets = segments.reshape(batch, 1, height * width) == jnp.arange(num_targets)[:, None]
+    return {name: MASK_LOSSES[name](logits, targets.astype(jnp.float32)) for name in terms}
+
+
+def mask_losses_at_points(mask_logits, segments, points, terms):
+    """Mask losses on sampled points, the same points for every term.
+
+    mask_logits: [B, T, h, w]; segments: [B, H, W]; points: [B, T, P, 2] → {name: [B, T]}.
+    """
+    logits = sample_bilinear(mask_logits, points)
+    targets = target_masks_at_points(segments, points, mask_logits.shape[1])
+    return {name: MASK_LOSSES[name](logits, targets) for name in terms}
+
+
+def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_masks, config, rng=None):
+    """Unweighted loss terms of one decoder layer.
+
+    class_logits: [B, Q, K+1]; mask_logits: [B, Q, h, w]; assignment: [B, Q] target per query (-1 none);
+    segments: [B, H, W]; labels: [B, T]. Mask terms are summed over matched targets / num_masks.
+    """
+    num_targets = labels.shape[-1]
+    no_object = class_logits.shape[-1] - 1
+    matched_class = jnp.take_along_axis(labels, jnp.maximum(assignment, 0), axis=1)
+    target_classes = jnp.where(assignment >= 0, matched_class, no_object)
+    losses = {}
+    if config.weights.get("class", 0):
+        losses["class"] = class_loss(class_logits, target_classes, config.no_object_weight)
+
+    terms = [name for name, weight in config.weights.items() if name != "class" and weight]
+    if terms:
+        # The query matched to each target slot; padded slots take query 0 and are masked out below.
+        is_match = assignment[:, :, None] == jnp.arange(num_targets)  # [B, Q, T]
+        query = jnp.argmax(is_match, axis=1)
+        matched = is_match.any(axis=1) & (labels >= 0)
+        logits = jnp.take_along_axis(mask_logits, query[:, :, None, None], axis=1).astype(jnp.float32)
+        if config.num_points > 0:
+            points = uncertain_points(
+                rng, logits, config.num_points, config.oversample_ratio, config.importance_sample_ratio
+            )
+            per_mask = mask_losses_at_points(logits, segments, points, terms)
+        else:
+            per_mask = mask_losses_dense(logits, segments, terms)
+        for name, values in per_mask.items():
+            losses[name] = jnp.sum(jnp.where(matched, values, 0.0)) / num_masks
+    return losses
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Reject a loss config that cannot work, naming the key: unknown terms or matcher, more target
+    slots than queries, a point-sampled loss without sensible ratios."""
+    loss = config.loss
+    for key, known in (("weights", MASK_LOSSES), ("cost_weights", PAIRWISE_MASK_COSTS)):
+        unknown = sorted(set(loss[key]) - set(known) - {"class"})
+        if unknown:
+            raise ValueError(f"config.loss.{key} has unknown terms {unknown}; known: class, {sorted(known)}")
+    if loss.matcher not in SOLVERS:
+        raise ValueError(f"config.loss.matcher must be one of {sorted(SOLVERS)}, got {loss.matcher!r}")
+    if loss.max_targets > config.model.num_queries:
+        raise ValueError(
+            f"config.loss.max_targets ({loss.max_targets}) exceeds config.model.num_queries "
+            f"({config.model.num_queries}): every target needs its own query"
+        )
+    if loss.num_points < 0 or (loss.num_points and not (loss.oversample_ratio >= 1 and 0 <= loss.importance_sample_ratio <= 1)):
+        raise ValueError(
+            "config.loss.num_points must be >= 0, with oversample_ratio >= 1 and importance_sample_ratio in [0, 1]"
+        )
+
+
+def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None):
+    """Total loss and metrics for a batch: matching and loss for every decoder layer, equal weights.
+
+    outputs: the model's dict (class_logits [L, B, Q, K+1], mask_logits [L, B, Q, h, w]);
+    batch: segments [B, H, W] int32, labels [B, T] int32; config: `config.loss`; rng: needed when
+    config.num_points > 0. Under jit over a sharded global batch, num_masks and the cross-entropy
+    normaliser are global sums, so the value does not depend on how the batch is split.
+    Returns (total, metrics): metrics has the unweighted terms of the last layer ("loss_class",
+    "loss_focal", "loss_dice"), of the auxiliary layers with a suffix ("loss_class_0", ...), the
+    weighted "loss" and "num_masks".
+    """
+    class_logits, mask_logits = outputs["class_logits"], outputs["mask_logits"]
+    segments, labels = batch["segments"], batch["labels"]
+    if labels.shape[-1] > class_logits.shape[-2]:
+        raise ValueError(f"{labels.shape[-1]} target slots exceed {class_logits.shape[-2]} queries")
+    if config.num_points > 0 and rng is None:
+        raise ValueError("a point-sampled loss (config.loss.num_points > 0) needs an rng")
+    cost = matching_cost(class_logits, mask_logits, segments, labels, dict(config.cost_weights))
+    assignment = match(cost, labels >= 0, config.matcher)  # [L, B, Q]
+    num_masks = jnp.maximum(jnp.sum(labels >= 0), 1).astype(jnp.float32)
+
+    num_layers = class_logits.shape[0]
+    total, metrics = 0.0, {"num_masks": num_masks}
+    for layer in range(num_layers):
+        layer_rng = None if rng is None else jax.random.fold_in(rng, layer)
+        losses = layer_losses(
+            class_logits[layer], mask_logits[layer], assignment[layer], segments, labels, num_masks, config, layer_rng
+        )
+        suffix = "" if layer == num_layers - 1 else f"_{layer}"
+        for name, value in losses.items():
+            metrics[f"loss_{name}{suffix}"] = value
+            total = total + config.weights[name] * value
+    metrics["loss"] = total
+    return total, metrics
