@@ -127,7 +127,9 @@ def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_ma
             )
             per_mask = mask_losses_at_points(logits, segments, points, terms)
         else:
-            per_mask = mask_losses_dense(logits, segments, terms)
+            # Recompute the full-resolution tensors in the backward pass instead of keeping them for
+            # every layer: the saved residuals shrink to the [B, T, h, w] logits.
+            per_mask = jax.checkpoint(mask_losses_dense, static_argnums=2)(logits, segments, tuple(terms))
         for name, values in per_mask.items():
             losses[name] = jnp.sum(jnp.where(matched, values, 0.0)) / num_masks
     return losses
@@ -175,16 +177,22 @@ def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None):
     assignment = match(cost, labels >= 0, config.matcher)  # [L, B, Q]
     num_masks = jnp.maximum(jnp.sum(labels >= 0), 1).astype(jnp.float32)
 
-    num_layers = class_logits.shape[0]
-    total, metrics = 0.0, {"num_masks": num_masks}
-    for layer in range(num_layers):
-        layer_rng = None if rng is None else jax.random.fold_in(rng, layer)
+    def one_layer(_, layer):
+        class_logits_l, mask_logits_l, assignment_l, index = layer
+        layer_rng = None if rng is None else jax.random.fold_in(rng, index)
         losses = layer_losses(
-            class_logits[layer], mask_logits[layer], assignment[layer], segments, labels, num_masks, config, layer_rng
+            class_logits_l, mask_logits_l, assignment_l, segments, labels, num_masks, config, layer_rng
         )
-        suffix = "" if layer == num_layers - 1 else f"_{layer}"
-        for name, value in losses.items():
-            metrics[f"loss_{name}{suffix}"] = value
-            total = total + config.weights[name] * value
+        return None, losses
+
+    # A scan, not a Python loop: only one layer's full-resolution mask tensors are alive at a time.
+    num_layers = class_logits.shape[0]
+    layers = (class_logits, mask_logits, assignment, jnp.arange(num_layers))
+    _, per_layer = jax.lax.scan(one_layer, None, layers)  # {name: [L]}
+    total, metrics = 0.0, {"num_masks": num_masks}
+    for name, values in per_layer.items():
+        total = total + config.weights[name] * jnp.sum(values)
+        metrics[f"loss_{name}"] = values[-1]
+        metrics.update({f"loss_{name}_{layer}": values[layer] for layer in range(num_layers - 1)})
     metrics["loss"] = total
     return total, metrics

@@ -150,7 +150,8 @@ def solve_jax(cost, valid):
     return flat.reshape(batch_shape + (num_queries,))
 
 
-def _scipy_assign(cost: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _scipy_assign(cost, valid) -> np.ndarray:
+    cost, valid = np.asarray(cost), np.asarray(valid)  # callbacks receive jax.Arrays
     assignment = np.full(cost.shape[:-1], -1, np.int32)
     for index in np.ndindex(cost.shape[:-2]):
         columns = np.flatnonzero(valid[index[-1]])
