@@ -40,6 +40,13 @@ def sine_position_encoding(height: int, width: int, num_features: int = 128, tem
     return np.concatenate([interleave(y), interleave(x)], axis=-1).astype(np.float32)
 
 
+def tokens_and_positions(features, dtype):
+    """[B, H, W, C] feature map → (tokens [B, H*W, C], sine positions [H*W, C] in `dtype`)."""
+    b, h, w, c = features.shape
+    positions = jnp.asarray(sine_position_encoding(h, w, c // 2), dtype).reshape(h * w, c)
+    return features.reshape(b, h * w, c), positions
+
+
 class MultiHeadAttention(nn.Module):
     """PyTorch-style multi-head attention: q/k/v projections with bias, scaled dot product,
     dropout on the attention weights, output projection. The softmax runs in float32."""
@@ -137,14 +144,12 @@ class TransformerEncoder(nn.Module):
     @nn.compact
     def __call__(self, features, train: bool = False):
         """features: [B, H, W, C] → [B, H, W, C]."""
-        b, h, w, c = features.shape
-        pos = jnp.asarray(sine_position_encoding(h, w, c // 2), self.dtype).reshape(h * w, c)
-        x = features.reshape(b, h * w, c)
+        x, pos = tokens_and_positions(features, self.dtype)
         for i in range(self.num_layers):
             x = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")(
                 x, pos, train
             )
-        return x.reshape(b, h, w, c)
+        return x.reshape(features.shape)
 
 
 class QueryDecoder(nn.Module):
@@ -164,9 +169,8 @@ class QueryDecoder(nn.Module):
     @nn.compact
     def __call__(self, memory, train: bool = False):
         """memory: [B, H, W, C] → [L, B, Q, C] for L decoder layers."""
-        b, h, w, c = memory.shape
-        memory_pos = jnp.asarray(sine_position_encoding(h, w, c // 2), self.dtype).reshape(h * w, c)
-        memory = memory.reshape(b, h * w, c)
+        b, c = memory.shape[0], memory.shape[-1]
+        memory, memory_pos = tokens_and_positions(memory, self.dtype)
         query_pos = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, c))
         query_pos = query_pos.astype(self.dtype)
         x = jnp.zeros((b, self.num_queries, c), self.dtype)
