@@ -1,0 +1,217 @@
+"""Random-access sources of raw examples, one per on-disk format, plus a built-in synthetic set.
+
+Every source returns the same raw example, whatever the format:
+  image       uint8 [H, W, 3] RGB
+  segments    int32 [H, W]  index into the lists below, -1 for void / ignore
+  classes     int32 [S]     contiguous class of each segment
+  iscrowd     bool  [S]     crowd segments become ignore in the targets
+  image_id    str
+A semantic label map is the special case "segment k = class k" (S = K). Bad files raise DataError
+naming the file and the problem; what can be checked without decoding is checked at construction.
+"""
+
+import json
+import pathlib
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names it."""
+
+
+def read_image(path) -> np.ndarray:
+    """uint8 [H, W, 3] RGB."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: unreadable image ({error})") from error
+
+
+def read_label(path) -> np.ndarray:
+    """The stored values of a label image: [H, W] for single-channel, [H, W, 3] for RGB."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":  # palette PNGs store the label in the index, not the colour
+                return np.asarray(image)
+            return np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA") else image)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: unreadable label ({error})") from error
+
+
+def _check_same_size(image, label, image_path, label_path):
+    if image.shape[:2] != label.shape[:2]:
+        raise DataError(
+            f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from image "
+            f"{image_path} size {image.shape[1]}x{image.shape[0]}"
+        )
+
+
+def _paired_files(image_dir: pathlib.Path, label_dir: pathlib.Path, label_suffix=".png"):
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: image folder not found")
+    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    labels = [label_dir / (p.stem + label_suffix) for p in images]
+    missing = [str(p) for p in labels if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} label files missing, e.g. {missing[0]}")
+    return images, labels
+
+
+class SemanticFolderSource:
+    """Images and single-channel label PNGs with the same stem, and a file of class names.
+
+    root/images/<split>/*.jpg|png, root/labels/<split>/*.png, root/classes.txt (one name per line).
+    Label values are class ids 0..K-1; `ignore_label` is ignore; `reduce_zero_label` maps 0 to ignore
+    and v to v - 1 first (ADE20K's convention). Any other value is an error naming the file.
+    """
+
+    def __init__(self, root, split: str, ignore_label: int = 255, reduce_zero_label: bool = False,
+                 image_dir: str = "images", label_dir: str = "labels", class_names: Sequence[str] | None = None):
+        root = pathlib.Path(root)
+        if class_names is None:
+            names_file = root / "classes.txt"
+            if not names_file.is_file():
+                raise DataError(f"{names_file}: class names file not found")
+            class_names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        self.class_names = list(class_names)
+        self.ignore_label = ignore_label
+        self.reduce_zero_label = reduce_zero_label
+        self.images, self.labels = _paired_files(root / image_dir / split, root / label_dir / split)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = read_image(self.images[index])
+        label = read_label(self.labels[index])
+        if label.ndim != 2:
+            raise DataError(f"{self.labels[index]}: expected a single-channel label image, got shape {label.shape}")
+        _check_same_size(image, label, self.images[index], self.labels[index])
+        label = label.astype(np.int32)
+        ignore = label == self.ignore_label
+        if self.reduce_zero_label:
+            ignore |= label == 0
+            label = label - 1
+        num_classes = len(self.class_names)
+        bad = ~ignore & ((label < 0) | (label >= num_classes))
+        if bad.any():
+            values = np.unique(label[bad] + int(self.reduce_zero_label))[:10].tolist()
+            raise DataError(
+                f"{self.labels[index]}: label values {values} are outside the {num_classes} classes "
+                f"and not the ignore value {self.ignore_label}"
+            )
+        return {
+            "image": image,
+            "segments": np.where(ignore, -1, label).astype(np.int32),
+            "classes": np.arange(num_classes, dtype=np.int32),
+            "iscrowd": np.zeros(num_classes, bool),
+            "image_id": self.images[index].stem,
+        }
+
+
+ADE20K_SPLITS = {"train": "training", "validation": "validation"}
+
+
+def ade20k_source(root, split: str) -> SemanticFolderSource:
+    """ADE20K-150 in its released layout: root/ADEChallengeData2016/{images,annotations}/{training,validation}.
+
+    Label 0 ("other") is ignore and 1..150 become classes 0..149 (SPEC.md §5).
+    """
+    folder = pathlib.Path(root) / "ADEChallengeData2016"
+    if split not in ADE20K_SPLITS:
+        raise DataError(f"ADE20K split must be one of {sorted(ADE20K_SPLITS)}, got {split!r}")
+    return SemanticFolderSource(
+        folder, ADE20K_SPLITS[split], ignore_label=255, reduce_zero_label=True, image_dir="images",
+        label_dir="annotations", class_names=[f"class_{i}" for i in range(150)],
+    )
+
+
+class CocoPanopticSource:
+    """COCO-panoptic format: a JSON file (images, annotations with segments_info, categories with
+    isthing) and a folder of PNGs whose RGB encodes segment ids (id = R + 256 G + 256^2 B, 0 = void).
+
+    Category ids are mapped to contiguous classes in the order of their ids. Serves COCO panoptic and
+    ADE20K / Cityscapes panoptic converted to this format.
+    """
+
+    def __init__(self, image_dir, annotation_json, annotation_dir):
+        self.image_dir, self.annotation_dir = pathlib.Path(image_dir), pathlib.Path(annotation_dir)
+        annotation_json = pathlib.Path(annotation_json)
+        try:
+            data = json.loads(annotation_json.read_text())
+            categories = sorted(data["categories"], key=lambda c: c["id"])
+            annotations = data["annotations"]
+            files = {image["id"]: image["file_name"] for image in data["images"]}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{annotation_json}: not a COCO panoptic annotation file ({error!r})") from error
+        self.class_names = [c["name"] for c in categories]
+        self.thing_classes = [i for i, c in enumerate(categories) if c.get("isthing", 0)]
+        self.category_to_class = {c["id"]: i for i, c in enumerate(categories)}
+        self.annotations = sorted(annotations, key=lambda a: str(a["image_id"]))
+        if not self.annotations:
+            raise DataError(f"{annotation_json}: no annotations")
+        for annotation in self.annotations:
+            if annotation["image_id"] not in files:
+                raise DataError(f"{annotation_json}: annotation of unknown image id {annotation['image_id']}")
+            annotation["image_file"] = files[annotation["image_id"]]
+            for segment in annotation["segments_info"]:
+                if segment["category_id"] not in self.category_to_class:
+                    raise DataError(
+                        f"{annotation_json}: segment {segment['id']} of image {annotation['image_id']} has "
+                        f"unknown category id {segment['category_id']}"
+                    )
+        missing = [str(self.image_dir / a["image_file"]) for a in self.annotations
+                   if not (self.image_dir / a["image_file"]).is_file()]
+        missing += [str(self.annotation_dir / a["file_name"]) for a in self.annotations
+                    if not (self.annotation_dir / a["file_name"]).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} files missing, e.g. {missing[0]}")
+
+    def __len__(self):
+        return len(self.annotations)
+
+    def __getitem__(self, index):
+        annotation = self.annotations[index]
+        image_path = self.image_dir / annotation["image_file"]
+        label_path = self.annotation_dir / annotation["file_name"]
+        image, rgb = read_image(image_path), read_label(label_path)
+        if rgb.ndim != 3:
+            raise DataError(f"{label_path}: expected an RGB panoptic PNG, got shape {rgb.shape}")
+        _check_same_size(image, rgb, image_path, label_path)
+        ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        info = annotation["segments_info"]
+        segment_ids = np.array([s["id"] for s in info] + [0], np.int64)  # 0 (void) last → index -1 below
+        order = np.argsort(segment_ids)
+        position = np.searchsorted(segment_ids[order], ids)
+        known = segment_ids[order][np.minimum(position, len(segment_ids) - 1)] == ids
+        if not known.all():
+            unknown = np.unique(ids[~known])[:10].tolist()
+            raise DataError(f"{label_path}: segment ids {unknown} are not in the segments_info of the JSON")
+        segments = order[position].astype(np.int32)
+        segments[ids == 0] = -1
+        return {
+            "image": image,
+            "segments": segments,
+            "classes": np.array([self.category_to_class[s["category_id"]] for s in info], np.int32),
+            "iscrowd": np.array([bool(s.get("iscrowd", 0)) for s in info], bool),
+            "image_id": str(annotation["image_id"]),
+        }
+
+
+def coco_panoptic_source(root, split: str) -> CocoPanopticSource:
+    """COCO's released layout: root/{split}2017/*.jpg, root/annotations/panoptic_{split}2017.json and
+    root/annotations/panoptic_{split}2017/*.png (split "train" or "val")."""
+    root = pathlib.Path(root)
+    return CocoPanopticSource(
+        root / f"{split}2017",
+        root / "annotations" / f"panoptic_{split}2017.json",
+        root / "annotations" / f"panoptic_{split}2017",
+    )
