@@ -69,10 +69,11 @@ def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.Confi
     369,600, 10 no-op warmup steps (SPEC.md §5, §6)."""
     config.model.num_classes = 133
     config.dataset.name = "coco_panoptic"
-    config.dataset.ignore_label = 255
-    # Static shapes: batches are padded to this fixed size, which holds every DETR-style resize
-    # (short side <= 800, long side <= 1333) of a landscape image, rounded up to a multiple of 32.
-    config.dataset.image_size = (800, 1344)
+    config.dataset.transform = "detr"
+    config.dataset.target_mode = "panoptic"
+    # Static shapes: images are padded to this fixed size, which holds every DETR-style resize
+    # (short side <= 800, long side <= 1333) in either orientation, rounded up to a multiple of 32.
+    config.dataset.image_size = (1344, 1344)
     config.dataset.min_size_train = tuple(range(480, 801, 32))
     config.dataset.max_size_train = 1333
     config.dataset.crop_min_sizes = (400, 500, 600)  # first resize of the crop branch (p = 0.5)
@@ -119,6 +120,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.min_size_test = 512
     config.dataset.max_size_test = 2048
     config.dataset.size_divisibility = 32  # eval padding: a multiple of this above the resized image
+    config.dataset.root = ""  # dataset folder (ADE20K: the folder holding ADEChallengeData2016)
+    config.dataset.transform = "semantic"  # training augmentation: "semantic" or "detr" (COCO panoptic)
+    config.dataset.target_mode = "semantic"  # "semantic": a target per class; "panoptic": per segment
+    config.dataset.single_category_max_area = 1.0  # crop rule; 1.0 (every paper config) turns it off
+    config.dataset.drop_smallest_targets = False  # too many segments: drop the smallest instead of failing
+    config.dataset.reduce_zero_label = False  # semantic_folder: label 0 is ignore, v becomes v - 1
+    config.dataset.num_workers = 0  # grain worker processes (0: decode in threads of this process)
+    config.dataset.read_threads = 4  # grain threads reading and transforming examples
+    config.dataset.synthetic_train_examples = 2000  # name "synthetic": size of the built-in set
+    config.dataset.synthetic_eval_examples = 200
+    config.dataset.synthetic_size = (128, 128)
 
     config.inference = ml_collections.ConfigDict()
     config.inference.task = "semantic"  # "semantic", "panoptic" or "instance"
