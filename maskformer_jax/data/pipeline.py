@@ -2,8 +2,9 @@
 checkpointable) and evaluation (every example exactly once, last batch padded and flagged).
 
 A training batch, per process: image uint8 [b, H, W, 3], valid bool [b, H, W], segments int32
-[b, H, W], labels int32 [b, T] with b = config.batch_size / process count. Evaluation batches add
-image_id, height and width (the original size) and example_valid (False on the padding examples).
+[b, H, W], labels int32 [b, T] (BATCH_KEYS, for the device) and image_id [b] (stays on the host),
+with b = config.batch_size / process count. Evaluation batches add height and width (the original
+size) and example_valid (False on the padding examples).
 """
 
 import functools
@@ -16,8 +17,9 @@ import numpy as np
 from maskformer_jax.data import sources, synthetic, transforms
 from maskformer_jax.data.targets import make_targets
 
-BATCH_KEYS = ("image", "valid", "segments", "labels")
-EVAL_KEYS = BATCH_KEYS + ("image_id", "height", "width")
+BATCH_KEYS = ("image", "valid", "segments", "labels")  # the arrays that go to the device
+TRAIN_KEYS = BATCH_KEYS + ("image_id",)
+EVAL_KEYS = TRAIN_KEYS + ("height", "width")
 
 
 def build_source(dataset: ml_collections.ConfigDict, split: str):
@@ -40,7 +42,7 @@ def build_source(dataset: ml_collections.ConfigDict, split: str):
 def _train_example(example, rng, dataset, max_targets):
     example = transforms.TRAIN_TRANSFORMS[dataset.transform](example, rng, dataset)
     example = make_targets(example, dataset.target_mode, max_targets, dataset.drop_smallest_targets)
-    return {key: example[key] for key in BATCH_KEYS}
+    return {key: example[key] for key in TRAIN_KEYS}
 
 
 def _has_labels(example):

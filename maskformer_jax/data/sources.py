@@ -186,7 +186,8 @@ class CocoPanopticSource:
         if rgb.ndim != 3:
             raise DataError(f"{label_path}: expected an RGB panoptic PNG, got shape {rgb.shape}")
         _check_same_size(image, rgb, image_path, label_path)
-        ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+        rgb = rgb.astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
         info = annotation["segments_info"]
         segment_ids = np.array([s["id"] for s in info] + [0], np.int64)  # 0 (void) last → index -1 below
         order = np.argsort(segment_ids)
