@@ -126,6 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.single_category_max_area = 1.0  # crop rule; 1.0 (every paper config) turns it off
     config.dataset.drop_smallest_targets = False  # too many segments: drop the smallest instead of failing
     config.dataset.reduce_zero_label = False  # semantic_folder: label 0 is ignore, v becomes v - 1
+    config.dataset.tfds_name = ""  # name "tfds": e.g. "ade20k_semantic" or "coco/2017_panoptic:1.1.0"
+    config.dataset.tfds_data_dir = ""  # name "tfds": the TFDS data folder ("" = TFDS's default)
     config.dataset.num_workers = 0  # grain worker processes (0: decode in threads of this process)
     config.dataset.read_threads = 4  # grain threads reading and transforming examples
     config.dataset.synthetic_train_examples = 2000  # name "synthetic": size of the built-in set

@@ -28,14 +28,19 @@ def write_label(path, values):
 ADE_LABEL = [[0, 1, 1, 150], [5, 5, 0, 150], [5, 2, 2, 2]]
 
 
+def write_ade20k(root, split="training"):
+    """Two examples in ADE20K's released layout."""
+    folder = root / "ADEChallengeData2016"
+    write_image(folder / f"images/{split}/ADE_{split}_1.jpg", 3, 4)
+    write_label(folder / f"annotations/{split}/ADE_{split}_1.png", ADE_LABEL)
+    write_image(folder / f"images/{split}/ADE_{split}_2.jpg", 2, 2, seed=1)
+    write_label(folder / f"annotations/{split}/ADE_{split}_2.png", [[3, 3], [3, 0]])
+    return root
+
+
 @pytest.fixture
 def ade20k(tmp_path):
-    folder = tmp_path / "ADEChallengeData2016"
-    write_image(folder / "images/training/ADE_train_1.jpg", 3, 4)
-    write_label(folder / "annotations/training/ADE_train_1.png", ADE_LABEL)
-    write_image(folder / "images/training/ADE_train_2.jpg", 2, 2, seed=1)
-    write_label(folder / "annotations/training/ADE_train_2.png", [[3, 3], [3, 0]])
-    return tmp_path
+    return write_ade20k(tmp_path)
 
 
 def test_ade20k_label_zero_is_ignore_and_classes_shift_down(ade20k):
@@ -44,7 +49,7 @@ def test_ade20k_label_zero_is_ignore_and_classes_shift_down(ade20k):
     example = source[0]
     expected = np.array([[-1, 0, 0, 149], [4, 4, -1, 149], [4, 1, 1, 1]])
     np.testing.assert_array_equal(example["segments"], expected)
-    assert example["image"].shape == (3, 4, 3) and example["image_id"] == "ADE_train_1"
+    assert example["image"].shape == (3, 4, 3) and example["image_id"] == "ADE_training_1"
     targets = make_targets(example, "semantic", max_targets=6)
     # Classes present in sorted order: 0, 1, 4, 149 → slots 0..3.
     np.testing.assert_array_equal(targets["labels"], [0, 1, 4, 149, -1, -1])
@@ -65,8 +70,8 @@ def encode_ids(ids):
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
 
 
-@pytest.fixture
-def coco(tmp_path):
+def write_coco(root, split="val"):
+    """One image in COCO panoptic's released layout, with a crowd segment."""
     ids = [[0, 300, 300, 70000], [5, 5, 300, 70000], [5, 5, 9, 9]]
     annotation = {
         "images": [{"id": 42, "file_name": "000042.jpg", "height": 3, "width": 4}],
@@ -78,12 +83,16 @@ def coco(tmp_path):
             {"id": 70000, "category_id": 1, "iscrowd": 1},
             {"id": 9, "category_id": 3, "iscrowd": 0}]}],
     }
-    (tmp_path / "annotations").mkdir()
-    (tmp_path / "annotations/panoptic_val2017.json").write_text(json.dumps(annotation))
-    (tmp_path / "annotations/panoptic_val2017").mkdir()
-    Image.fromarray(encode_ids(ids)).save(tmp_path / "annotations/panoptic_val2017/000042.png")
-    write_image(tmp_path / "val2017/000042.jpg", 3, 4)
-    return tmp_path
+    (root / f"annotations/panoptic_{split}2017").mkdir(parents=True)
+    (root / f"annotations/panoptic_{split}2017.json").write_text(json.dumps(annotation))
+    Image.fromarray(encode_ids(ids)).save(root / f"annotations/panoptic_{split}2017/000042.png")
+    write_image(root / f"{split}2017/000042.jpg", 3, 4)
+    return root
+
+
+@pytest.fixture
+def coco(tmp_path):
+    return write_coco(tmp_path)
 
 
 def coco_source(root):
@@ -112,30 +121,30 @@ def test_coco_png_id_missing_from_json_is_named(coco):
 
 
 def test_truncated_jpeg_is_named(ade20k):
-    path = ade20k / "ADEChallengeData2016/images/training/ADE_train_1.jpg"
+    path = ade20k / "ADEChallengeData2016/images/training/ADE_training_1.jpg"
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(buffer, format="JPEG")
     path.write_bytes(buffer.getvalue()[:200])
-    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_train_1.png", np.ones((64, 64)))
-    with pytest.raises(DataError, match=r"ADE_train_1\.jpg: unreadable image"):
+    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_training_1.png", np.ones((64, 64)))
+    with pytest.raises(DataError, match=r"ADE_training_1\.jpg: unreadable image"):
         ade20k_source(ade20k, "train")[0]
 
 
 def test_label_out_of_range_is_named(ade20k):
-    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_train_2.png", [[3, 200], [151, 0]])
-    with pytest.raises(DataError, match=r"ADE_train_2\.png: label values \[151, 200\] are outside the 150 classes"):
+    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_training_2.png", [[3, 200], [151, 0]])
+    with pytest.raises(DataError, match=r"ADE_training_2\.png: label values \[151, 200\] are outside the 150 classes"):
         ade20k_source(ade20k, "train")[1]
 
 
 def test_size_mismatch_is_named(ade20k):
-    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_train_2.png", [[3, 3, 3]])
-    with pytest.raises(DataError, match=r"ADE_train_2\.png: label size 3x1 differs from image .*ADE_train_2\.jpg size 2x2"):
+    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_training_2.png", [[3, 3, 3]])
+    with pytest.raises(DataError, match=r"ADE_training_2\.png: label size 3x1 differs from image .*ADE_training_2\.jpg size 2x2"):
         ade20k_source(ade20k, "train")[1]
 
 
 def test_missing_label_and_empty_split_are_named(ade20k):
-    (ade20k / "ADEChallengeData2016/annotations/training/ADE_train_2.png").unlink()
-    with pytest.raises(DataError, match=r"1 label files missing, e.g. .*ADE_train_2\.png"):
+    (ade20k / "ADEChallengeData2016/annotations/training/ADE_training_2.png").unlink()
+    with pytest.raises(DataError, match=r"1 label files missing, e.g. .*ADE_training_2\.png"):
         ade20k_source(ade20k, "train")
     (ade20k / "ADEChallengeData2016/images/validation").mkdir(parents=True)
     with pytest.raises(DataError, match=r"images/validation: no images"):
@@ -153,14 +162,14 @@ def test_too_many_segments_is_named_unless_dropping_the_smallest(coco):
 
 
 def test_check_command_reports_every_problem(ade20k, capsys):
-    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_train_2.png", [[3, 200], [1, 0]])
+    write_label(ade20k / "ADEChallengeData2016/annotations/training/ADE_training_2.png", [[3, 200], [1, 0]])
     config = tiny.get_config()
     config.dataset.name, config.dataset.root, config.model.num_classes = "ade20k", str(ade20k), 150
     assert check(config, "train") == 1
     report = capsys.readouterr().out
     assert "ade20k train: 2 examples, 1 problems" in report
-    assert "PROBLEM" in report and "ADE_train_2.png: label values [200]" in report
-    assert "most targets in one image: 4 (ADE_train_1)" in report
+    assert "PROBLEM" in report and "ADE_training_2.png: label values [200]" in report
+    assert "most targets in one image: 4 (ADE_training_1)" in report
 
 
 def test_synthetic_set_is_deterministic_and_not_trivial():

@@ -32,6 +32,10 @@ def build_source(dataset: ml_collections.ConfigDict, split: str):
         return sources.ade20k_source(dataset.root, split)
     if name == "coco_panoptic":
         return sources.coco_panoptic_source(dataset.root, "train" if split == "train" else "val")
+    if name == "tfds":
+        from maskformer_jax.data.tfds_builders import TfdsSource  # TFDS is imported only when used
+
+        return TfdsSource(dataset.tfds_name, split, dataset.tfds_data_dir or None, dataset.ignore_label)
     if name == "semantic_folder":
         return sources.SemanticFolderSource(
             dataset.root, split, ignore_label=dataset.ignore_label, reduce_zero_label=dataset.reduce_zero_label

@@ -182,29 +182,43 @@ class CocoPanopticSource:
         annotation = self.annotations[index]
         image_path = self.image_dir / annotation["image_file"]
         label_path = self.annotation_dir / annotation["file_name"]
-        image, rgb = read_image(image_path), read_label(label_path)
-        if rgb.ndim != 3:
-            raise DataError(f"{label_path}: expected an RGB panoptic PNG, got shape {rgb.shape}")
-        _check_same_size(image, rgb, image_path, label_path)
-        rgb = rgb.astype(np.int64)
-        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
         info = annotation["segments_info"]
-        segment_ids = np.array([s["id"] for s in info] + [0], np.int64)  # 0 (void) last → index -1 below
-        order = np.argsort(segment_ids)
-        position = np.searchsorted(segment_ids[order], ids)
-        known = segment_ids[order][np.minimum(position, len(segment_ids) - 1)] == ids
-        if not known.all():
-            unknown = np.unique(ids[~known])[:10].tolist()
-            raise DataError(f"{label_path}: segment ids {unknown} are not in the segments_info of the JSON")
-        segments = order[position].astype(np.int32)
-        segments[ids == 0] = -1
-        return {
-            "image": image,
-            "segments": segments,
-            "classes": np.array([self.category_to_class[s["category_id"]] for s in info], np.int32),
-            "iscrowd": np.array([bool(s.get("iscrowd", 0)) for s in info], bool),
-            "image_id": str(annotation["image_id"]),
-        }
+        return panoptic_example(
+            read_image(image_path),
+            read_label(label_path),
+            segment_ids=[s["id"] for s in info],
+            classes=[self.category_to_class[s["category_id"]] for s in info],
+            iscrowd=[bool(s.get("iscrowd", 0)) for s in info],
+            image_id=str(annotation["image_id"]),
+            names=(image_path, label_path),
+        )
+
+
+def panoptic_example(image, rgb, segment_ids, classes, iscrowd, image_id: str, names=("image", "label")):
+    """The raw example of a COCO-style panoptic annotation: an RGB PNG whose colour encodes segment
+    ids (id = R + 256 G + 256^2 B, 0 = void) and the ids, classes and crowd flags of its segments.
+    `names` (image, label) name the files in errors."""
+    if rgb.ndim != 3:
+        raise DataError(f"{names[1]}: expected an RGB panoptic PNG, got shape {rgb.shape}")
+    _check_same_size(image, rgb, *names)
+    rgb = rgb.astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    known_ids = np.array(list(segment_ids) + [0], np.int64)  # 0 (void) last → index -1 below
+    order = np.argsort(known_ids)
+    position = np.searchsorted(known_ids[order], ids)
+    known = known_ids[order][np.minimum(position, len(known_ids) - 1)] == ids
+    if not known.all():
+        unknown = np.unique(ids[~known])[:10].tolist()
+        raise DataError(f"{names[1]}: segment ids {unknown} are not in the segments_info of the JSON")
+    segments = order[position].astype(np.int32)
+    segments[ids == 0] = -1
+    return {
+        "image": image,
+        "segments": segments,
+        "classes": np.asarray(classes, np.int32).reshape(-1),
+        "iscrowd": np.asarray(iscrowd, bool).reshape(-1),
+        "image_id": image_id,
+    }
 
 
 def coco_panoptic_source(root, split: str) -> CocoPanopticSource:

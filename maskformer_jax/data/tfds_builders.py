@@ -1,0 +1,188 @@
+"""TensorFlow-free TFDS builders (array_record) for the released dataset files, and a source that
+reads any array_record TFDS dataset (ours, or `coco/2017_panoptic` prepared elsewhere) with grain.
+
+    python -m maskformer_jax.data.tfds_builders --dataset ade20k_semantic --source_dir /data/ade \\
+        --data_dir ~/tensorflow_datasets
+
+Examples are decoded and checked with the folder sources while preparing, so a bad file stops the
+preparation with its name before anything is published (TFDS writes to a temporary folder).
+Images are stored as their original encoded bytes; label maps as PNG.
+"""
+
+import io
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags
+from PIL import Image
+
+from maskformer_jax.data import sources
+
+_PANOPTIC_SEGMENT = {"id": np.int64, "class": np.int64, "iscrowd": np.bool_}
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Ade20kSemantic(tfds.core.GeneratorBasedBuilder):
+    """ADEChallengeData2016 (150 classes): label PNGs store classes 0..149 and 255 for ignore."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ as the source folder."
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.Image(shape=(None, None, 1)),
+                "image_id": tfds.features.Text(),
+            })
+        )
+
+    def _split_generators(self, dl_manager):
+        root = dl_manager.manual_dir
+        return {split: self._generate_examples(sources.ade20k_source(root, split)) for split in ("train", "validation")}
+
+    def _generate_examples(self, source):
+        for index in range(len(source)):
+            example = source[index]  # decodes and checks the files
+            label = np.where(example["segments"] < 0, 255, example["segments"]).astype(np.uint8)
+            yield example["image_id"], {
+                "image": str(source.images[index]),
+                "label": _png(label),
+                "image_id": example["image_id"],
+            }
+
+
+class _Panoptic(tfds.core.GeneratorBasedBuilder):
+    """COCO-format panoptic data: the panoptic PNG and each segment's id, contiguous class, crowd flag."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "panoptic": tfds.features.Image(shape=(None, None, 3)),
+                "segments": tfds.features.Sequence(_PANOPTIC_SEGMENT),
+                "image_id": tfds.features.Text(),
+            })
+        )
+
+    def _sources(self, root):
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(source) for split, source in self._sources(dl_manager.manual_dir).items()}
+
+    def _generate_examples(self, source):
+        for index, annotation in enumerate(source.annotations):
+            example = source[index]  # decodes and checks the files
+            yield example["image_id"], {
+                "image": str(source.image_dir / annotation["image_file"]),
+                "panoptic": str(source.annotation_dir / annotation["file_name"]),
+                "segments": [
+                    {"id": s["id"], "class": int(c), "iscrowd": bool(crowd)}
+                    for s, c, crowd in zip(annotation["segments_info"], example["classes"], example["iscrowd"])
+                ],
+                "image_id": example["image_id"],
+            }
+
+
+class CocoPanoptic(_Panoptic):
+    """COCO panoptic 2017 (133 classes) from its released layout."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the COCO folder (train2017/, val2017/, annotations/panoptic_*2017.json and folders)."
+
+    def _sources(self, root):
+        return {"train": sources.coco_panoptic_source(root, "train"), "validation": sources.coco_panoptic_source(root, "val")}
+
+
+class Ade20kPanoptic(_Panoptic):
+    """ADE20K panoptic (150 classes) as the reference's prepare_ade20k_pan_seg.py writes it."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ with ade20k_panoptic_{train,val}."
+
+    def _sources(self, root):
+        folder = pathlib.Path(root) / "ADEChallengeData2016"
+        return {
+            split: sources.CocoPanopticSource(
+                folder / "images" / directory, folder / f"ade20k_panoptic_{short}.json", folder / f"ade20k_panoptic_{short}"
+            )
+            for split, directory, short in (("train", "training", "train"), ("validation", "validation", "val"))
+        }
+
+
+BUILDERS = {"ade20k_semantic": Ade20kSemantic, "coco_panoptic": CocoPanoptic, "ade20k_panoptic": Ade20kPanoptic}
+
+
+class TfdsSource:
+    """Raw examples from an array_record TFDS dataset, read without TensorFlow.
+
+    Understands our builders' features and the catalog's `coco/2017_panoptic` (pass the version
+    explicitly, e.g. "coco/2017_panoptic:1.1.0").
+    """
+
+    def __init__(self, name: str, split: str, data_dir=None, ignore_label: int = 255):
+        try:
+            self.data = tfds.data_source(name, data_dir=data_dir)[split]
+        except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
+            raise sources.DataError(f"TFDS dataset {name!r} split {split!r} in {data_dir}: {error}") from error
+        self.name, self.ignore_label = name, ignore_label
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        example = self.data[index]
+        if "label" in example:  # semantic
+            label = np.asarray(example["label"])[..., 0].astype(np.int32)
+            num_classes = int(label[label != self.ignore_label].max(initial=-1)) + 1
+            return {
+                "image": np.asarray(example["image"]),
+                "segments": np.where(label == self.ignore_label, -1, label).astype(np.int32),
+                "classes": np.arange(max(num_classes, 1), dtype=np.int32),
+                "iscrowd": np.zeros(max(num_classes, 1), bool),
+                "image_id": _text(example["image_id"]),
+            }
+        if "panoptic_image" in example:  # the TFDS catalog's coco/2017_panoptic
+            objects = example["panoptic_objects"]
+            return sources.panoptic_example(
+                np.asarray(example["image"]), np.asarray(example["panoptic_image"]), objects["id"], objects["label"],
+                objects["is_crowd"], _text(example["image/id"]), (f"{self.name}[{index}]",) * 2,
+            )
+        segments = example["segments"]
+        return sources.panoptic_example(
+            np.asarray(example["image"]), np.asarray(example["panoptic"]), segments["id"], segments["class"],
+            segments["iscrowd"], _text(example["image_id"]), (f"{self.name}[{index}]",) * 2,
+        )
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def prepare(dataset: str, source_dir, data_dir) -> None:
+    """Write `dataset` (a key of BUILDERS) from the released files in `source_dir` into `data_dir`."""
+    builder = BUILDERS[dataset](data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(source_dir)))
+
+
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Dataset to prepare.")
+_SOURCE_DIR = flags.DEFINE_string("source_dir", None, "Folder with the released files.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder to write to.")
+
+
+def main(argv):
+    del argv
+    prepare(_DATASET.value, _SOURCE_DIR.value, _DATA_DIR.value)
+    print(f"prepared {_DATASET.value} in {_DATA_DIR.value}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["dataset", "source_dir", "data_dir"])
+    app.run(main)
