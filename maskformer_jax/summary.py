@@ -17,11 +17,6 @@ from ml_collections import config_flags
 
 from maskformer_jax.models import build_model
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
-_DEPTH = flags.DEFINE_integer("depth", 1, "Module nesting depth of the per-module parameter table.")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Batch size of the forward pass whose FLOPs are counted.")
-
-
 def abstract_variables(model_config: ml_collections.ConfigDict):
     """Shapes and dtypes of the model's variables, without allocating them."""
     model = build_model(model_config)
@@ -67,11 +62,14 @@ def format_summary(config: ml_collections.ConfigDict, depth: int = 1, batch_size
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    print(format_summary(_CONFIG.value, _DEPTH.value, _BATCH.value))
+def main():
+    # Flags are defined here, not at import, so that importing this module defines none.
+    config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    depth = flags.DEFINE_integer("depth", 1, "Module nesting depth of the per-module parameter table.")
+    batch = flags.DEFINE_integer("batch_size", 1, "Batch size of the forward pass whose FLOPs are counted.")
+    flags.mark_flag_as_required("config")
+    app.run(lambda argv: print(format_summary(config.value, depth.value, batch.value)))
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    main()

@@ -17,10 +17,6 @@ from maskformer_jax.data.pipeline import build_source
 from maskformer_jax.data.sources import DataError
 from maskformer_jax.data.targets import make_targets
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "validation"], "Split to scan.")
-
-
 def check(config, split: str, out=None) -> int:
     """Scan the split, print the report to `out` (stdout); returns the number of problems found."""
     out = out or sys.stdout
@@ -65,11 +61,13 @@ def check(config, split: str, out=None) -> int:
     return len(problems)
 
 
-def main(argv):
-    del argv
-    sys.exit(1 if check(_CONFIG.value, _SPLIT.value) else 0)
+def main():
+    # Flags are defined here, not at import, so that importing this module defines none.
+    config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    split = flags.DEFINE_enum("split", "train", ["train", "validation"], "Split to scan.")
+    flags.mark_flag_as_required("config")
+    app.run(lambda argv: sys.exit(1 if check(config.value, split.value) else 0))
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    main()

@@ -172,17 +172,19 @@ def prepare(dataset: str, source_dir, data_dir) -> None:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(source_dir)))
 
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Dataset to prepare.")
-_SOURCE_DIR = flags.DEFINE_string("source_dir", None, "Folder with the released files.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder to write to.")
+def main():
+    # Flags are defined here, not at import, so that importing this module defines none.
+    dataset = flags.DEFINE_enum("dataset", None, sorted(BUILDERS), "Dataset to prepare.")
+    source_dir = flags.DEFINE_string("source_dir", None, "Folder with the released files.")
+    data_dir = flags.DEFINE_string("data_dir", None, "TFDS data folder to write to.")
+    flags.mark_flags_as_required(["dataset", "source_dir", "data_dir"])
 
+    def run(argv):
+        prepare(dataset.value, source_dir.value, data_dir.value)
+        print(f"prepared {dataset.value} in {data_dir.value}")
 
-def main(argv):
-    del argv
-    prepare(_DATASET.value, _SOURCE_DIR.value, _DATA_DIR.value)
-    print(f"prepared {_DATASET.value} in {_DATA_DIR.value}")
+    app.run(run)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["dataset", "source_dir", "data_dir"])
-    app.run(main)
+    main()
