@@ -120,6 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.min_size_test = 512
     config.dataset.max_size_test = 2048
     config.dataset.size_divisibility = 32  # eval padding: a multiple of this above the resized image
+    config.dataset.eval_pad_size = ()  # (H, W) evaluation images are padded to; () = image_size
     config.dataset.root = ""  # dataset folder (ADE20K: the folder holding ADEChallengeData2016)
     config.dataset.transform = "semantic"  # training augmentation: "semantic" or "detr" (COCO panoptic)
     config.dataset.target_mode = "semantic"  # "semantic": a target per class; "panoptic": per segment
@@ -166,7 +167,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.decay_factor = 0.1
     config.optimizer.warmup_steps = 0
     config.optimizer.warmup_factor = 1.0  # lr factor at step 0, rising linearly to 1 over warmup_steps
+    # Updates with non-finite gradients are skipped; training stops after this many in a row.
+    config.optimizer.max_consecutive_nonfinite = 10
 
     config.batch_size = 16  # global, over all devices and hosts
     config.num_steps = 160_000
+    config.fsdp = False  # shard large parameters and optimizer moments over the data axis
+    config.init_from = ""  # a checkpoint to take the weights (not the optimizer state) from
+    config.log_every = 50  # console / TensorBoard / metrics.jsonl every this many steps
+    config.checkpoint_every = 5000  # the reference's checkpoint period
+    config.checkpoints_to_keep = 3
+    config.eval_every = 0  # steps between evaluations on the validation split (0: never)
+    config.eval_batch_size = 8
     return config

@@ -1,0 +1,69 @@
+"""Checkpoints with orbax: the TrainState and every process's data-iterator state, saved
+asynchronously and atomically (orbax writes to a temporary folder and renames it when complete).
+
+Layout: <workdir>/checkpoints/<step>/{state, data_iter}. A run restarted with the same workdir
+resumes from the latest complete step, data iterator included.
+"""
+
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def with_shardings(abstract, shardings):
+    """Attach target shardings to an abstract pytree (restore places every array where it belongs)."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        abstract, shardings)
+
+
+class Checkpointer:
+    """Saves every `every` steps (and when forced), keeps the last `keep`."""
+
+    def __init__(self, workdir, every: int, keep: int):
+        self.manager = ocp.CheckpointManager(
+            pathlib.Path(workdir).absolute() / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True),
+            item_names=("state", "data_iter"),
+        )
+
+    def latest_step(self):
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, iterator, force: bool = False) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(iterator))
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, abstract_state, iterator, step=None):
+        """The state at `step` (default: the latest) placed as `abstract_state`'s shardings say;
+        `iterator` is moved to where it was. None when there is no checkpoint."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            return None
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data_iter=grain.checkpoint.CheckpointRestore(iterator)
+        )
+        return self.manager.restore(step, args=args).state
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_weights(path, abstract_weights):
+    """{"params", "frozen"} from a checkpoint folder (a workdir, its checkpoints/ folder, or one step's
+    folder), ignoring the optimizer state and the step: for `config.init_from`."""
+    path = pathlib.Path(path).absolute()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not (path / "state").is_dir():
+        steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True) if path.is_dir() else []
+        if not steps:
+            raise FileNotFoundError(f"{path}: no checkpoint (expected <step>/state inside)")
+        path = path / str(steps[0])
+    restored = ocp.PyTreeCheckpointer().restore(
+        path / "state",
+        args=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights), partial_restore=True),
+    )
+    return restored

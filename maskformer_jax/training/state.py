@@ -1,0 +1,69 @@
+"""The training state, its creation, and how it is laid out over the device mesh."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# FSDP shards arrays with at least this many elements along one axis divisible by the data axis.
+FSDP_MIN_SIZE = 2**18
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken (skipped non-finite updates included)
+    params: Any  # trained parameters
+    frozen: Any  # the "frozen" collection (frozen BatchNorm), never updated
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32 [2] base key; each step folds in its step number
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, optimizer, rng) -> TrainState:
+    """Initialise parameters at the config's image size (batch 1) and the optimizer state.
+
+    rng: a uint32 [2] key (`jax.random.PRNGKey(seed)`), which checkpoints store as a plain array.
+    """
+    init_rng, state_rng = jax.random.split(rng)
+    images = jnp.zeros((1, *config.dataset.image_size, 3), jnp.float32)
+    variables = model.init(init_rng, images)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=variables.get("frozen", {}),
+        opt_state=optimizer.init(params),
+        rng=state_rng,
+    )
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over all devices with one axis, "data" (Auto axis type: see JAX-NOTES on Dropout)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _leaf_spec(shape, data_size: int, fsdp: bool) -> PartitionSpec:
+    size = 1
+    for dim in shape:
+        size *= dim
+    if not fsdp or data_size == 1 or size < FSDP_MIN_SIZE:
+        return PartitionSpec()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):  # the largest divisible axis
+        if shape[axis] % data_size == 0:
+            spec = [None] * len(shape)
+            spec[axis] = "data"
+            return PartitionSpec(*spec)
+    return PartitionSpec()
+
+
+def state_sharding(abstract_state: TrainState, mesh: Mesh, fsdp: bool = False):
+    """Replicated by default; with `fsdp`, large parameters and their optimizer moments are split
+    along their largest axis over "data" (XLA gathers them where they are used)."""
+    data_size = mesh.shape["data"]
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, _leaf_spec(getattr(leaf, "shape", ()), data_size, fsdp)), abstract_state
+    )

@@ -1,0 +1,65 @@
+"""One jitted training step over the device mesh: forward, matching, loss, gradients, update."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from maskformer_jax.data.pipeline import BATCH_KEYS
+from maskformer_jax.losses import set_loss
+from maskformer_jax.training.optimizer import learning_rate_schedule
+from maskformer_jax.training.state import TrainState
+
+PIXEL_MEAN = (123.675, 116.280, 103.530)  # SPEC.md §1, RGB on a 0-255 scale
+PIXEL_STD = (58.395, 57.120, 57.375)
+
+
+def normalize(images):
+    """uint8 [B, H, W, 3] → float32 normalised with the reference's mean and std."""
+    return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
+    """(state, batch) → (state, metrics); batch holds image, valid, segments, labels (BATCH_KEYS)."""
+    schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        dropout_rng, loss_rng = jax.random.split(rng)
+        images = normalize(batch["image"])
+
+        def loss_fn(params):
+            outputs = model.apply(
+                {"params": params, "frozen": state.frozen}, images, train=True, rngs={"dropout": dropout_rng}
+            )
+            return set_loss(outputs, batch, config.loss, loss_rng)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        metrics["nonfinite_in_a_row"] = opt_state.notfinite_count
+        metrics["nonfinite_total"] = opt_state.total_notfinite
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def global_batch(local_batch, mesh):
+    """This process's numpy batch → global jax.Arrays sharded over "data" (BATCH_KEYS only)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key])) for key in BATCH_KEYS}
+
+
+def jit_train_step(config, model, optimizer, mesh, sharding):
+    """The train step jitted over the mesh, donating the state; call it under `jax.set_mesh(mesh)`."""
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.jit(
+        make_train_step(config, model, optimizer),
+        in_shardings=(sharding, {key: data for key in BATCH_KEYS}),
+        out_shardings=(sharding, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )

@@ -1,0 +1,187 @@
+"""Train MaskFormer.
+
+    python train.py --workdir DIR [--config configs/X.py] [--config.key=value ...]
+
+Without --config it trains configs/demo.py: a small MaskFormer on the built-in synthetic set.
+Restarting with the same workdir resumes from the last checkpoint, data iterator included.
+Multi-host: pass --distributed (cluster auto-detection: TPU pods, SLURM, Open MPI) or
+--coordinator_address, --num_processes and --process_id.
+"""
+
+import json
+import pathlib
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from maskformer_jax import losses
+from maskformer_jax.data.pipeline import eval_pipeline, train_pipeline
+from maskformer_jax.inference import semantic_scores
+from maskformer_jax.metrics import confusion_matrix, semantic_metrics
+from maskformer_jax.models import build_model
+from maskformer_jax.training.checkpoint import Checkpointer, load_weights, with_shardings
+from maskformer_jax.training.optimizer import build_optimizer
+from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
+from maskformer_jax.training.step import global_batch, jit_train_step, normalize
+
+DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"
+
+
+class Logger:
+    """Console lines (and a progress bar on a terminal), TensorBoard events and JSON lines; process 0 only."""
+
+    def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int):
+        self.active = jax.process_index() == 0
+        self.total_steps, self.batch_size = total_steps, batch_size
+        self.tty = sys.stdout.isatty()
+        self.start_time, self.start_step = None, None
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+            self.jsonl = open(workdir / "metrics.jsonl", "a")
+
+    def progress(self, step: int):
+        if self.active and self.tty:
+            done = int(30 * step / self.total_steps)
+            print(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total_steps}", end="", flush=True)
+
+    def scalars(self, step: int, values: dict, prefix: str = "train"):
+        if not self.active:
+            return
+        now = time.time()
+        if self.start_time is None:
+            self.start_time, self.start_step = now, step
+        rate = (step - self.start_step) * self.batch_size / max(now - self.start_time, 1e-9)
+        values = dict(values, images_per_second=rate) if prefix == "train" else values
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+        self.jsonl.flush()
+        if prefix == "train":
+            eta = (self.total_steps - step) * self.batch_size / rate if rate > 0 else float("nan")
+            terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss_") and k[-1].isalpha())
+            line = (f"step {step}/{self.total_steps} | loss {values['loss']:.4f} ({terms}) | "
+                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta == eta else '-'}")
+        else:
+            line = f"step {step} | {prefix}: " + " ".join(f"{k} {v:.2f}" for k, v in values.items())
+        print(("\r" if self.tty else "") + line, flush=True)
+
+    def close(self):
+        if self.active:
+            self.writer.close()
+            self.jsonl.close()
+
+
+def evaluate(config, model, state) -> dict:
+    """Semantic metrics on the validation split, at the evaluation pad size (padding excluded)."""
+    num_classes = config.model.num_classes
+
+    @jax.jit
+    def batch_confusion(params, frozen, images, segments, labels, example_valid):
+        outputs = model.apply({"params": params, "frozen": frozen}, normalize(images))
+        scores = semantic_scores(outputs["class_logits"][-1], outputs["mask_logits"][-1], *images.shape[1:3])
+        flat = jnp.maximum(segments, 0).reshape(len(labels), -1)
+        classes = jnp.take_along_axis(labels, flat, axis=1).reshape(segments.shape)
+        targets = jnp.where((segments >= 0) & example_valid[:, None, None], classes, -1)
+        return confusion_matrix(scores.argmax(1), targets, num_classes)
+
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    pad_size = tuple(config.dataset.eval_pad_size or config.dataset.image_size)
+    for batch in eval_pipeline(config, pad_size, config.eval_batch_size):
+        keys = ("image", "segments", "labels", "example_valid")
+        confusion += np.asarray(batch_confusion(state.params, state.frozen, *(batch[key] for key in keys)))
+    if jax.process_count() > 1:
+        confusion = multihost_utils.process_allgather(confusion).sum(0)
+    metrics = semantic_metrics(confusion)
+    return {key: metrics[key] for key in ("mIoU", "fwIoU", "mACC", "pACC")}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Train for config.num_steps (resuming from workdir if it has a checkpoint); returns the last metrics."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    losses.validate(config)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
+    rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, rng))
+    sharding = state_sharding(abstract, mesh, config.fsdp)
+    iterator = iter(train_pipeline(config))
+    checkpointer = Checkpointer(workdir, config.checkpoint_every, config.checkpoints_to_keep)
+    state = checkpointer.restore(with_shardings(abstract, sharding), iterator)
+    if state is None:
+        state = jax.jit(lambda: create_train_state(config, model, optimizer, rng), out_shardings=sharding)()
+        if config.init_from:
+            weights = load_weights(config.init_from, with_shardings({"params": abstract.params, "frozen": abstract.frozen},
+                                                                    {"params": sharding.params, "frozen": sharding.frozen}))
+            state = state.replace(**weights)
+            logging.info("initialised weights from %s", config.init_from)
+    else:
+        logging.info("resumed from step %d", int(state.step))
+
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    train_step = jit_train_step(config, model, optimizer, mesh, sharding)
+    logger = Logger(workdir, config.num_steps, config.batch_size)
+    step, metrics, pending = int(state.step), {}, None
+    try:
+        with jax.set_mesh(mesh):
+            while step < config.num_steps:
+                state, step_metrics = train_step(state, global_batch(next(iterator), mesh))
+                step += 1
+                if pending is not None:  # look at the previous step while this one runs
+                    in_a_row = int(pending["nonfinite_in_a_row"])
+                    if in_a_row >= config.optimizer.max_consecutive_nonfinite:
+                        raise FloatingPointError(
+                            f"stopping at step {step - 1}: {in_a_row} updates in a row had non-finite gradients "
+                            "and were skipped; lower the learning rate or check the data"
+                        )
+                pending = step_metrics
+                logger.progress(step)
+                if step % config.log_every == 0 or step == config.num_steps:
+                    metrics = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
+                    logger.scalars(step, metrics)
+                checkpointer.save(step, state, iterator, force=step == config.num_steps)
+                if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
+                    logger.scalars(step, evaluate(config, model, state), prefix="eval")
+                if stop["requested"] or checkpointer.manager.reached_preemption(step):
+                    checkpointer.save(step, state, iterator, force=True)
+                    logging.warning("stop requested: saved step %d", step)
+                    break
+    finally:
+        checkpointer.close()
+        logger.close()
+        if hasattr(iterator, "close"):
+            iterator.close()
+    return {"step": step, "state": state, **metrics}
+
+
+def main(argv):
+    del argv
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+    train_and_evaluate(_CONFIG.value, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    _CONFIG = config_flags.DEFINE_config_file("config", str(DEMO_CONFIG), "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the resolved config.")
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit multi-process runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+    flags.mark_flag_as_required("workdir")
+    app.run(main)
