@@ -42,7 +42,7 @@ class Logger:
         self.active = jax.process_index() == 0
         self.total_steps, self.batch_size = total_steps, batch_size
         self.tty = sys.stdout.isatty()
-        self.start_time, self.start_step = None, None
+        self.last_time, self.last_step = time.time(), None
         if self.active:
             from tensorboardX import SummaryWriter
 
@@ -57,11 +57,11 @@ class Logger:
     def scalars(self, step: int, values: dict, prefix: str = "train"):
         if not self.active:
             return
-        now = time.time()
-        if self.start_time is None:
-            self.start_time, self.start_step = now, step
-        rate = (step - self.start_step) * self.batch_size / max(now - self.start_time, 1e-9)
-        values = dict(values, images_per_second=rate) if prefix == "train" else values
+        if prefix == "train":  # throughput over the last interval (the first one includes compilation)
+            now = time.time()
+            rate = (step - (self.last_step or 0)) * self.batch_size / max(now - self.last_time, 1e-9)
+            self.last_time, self.last_step = now, step
+            values = dict(values, images_per_second=rate)
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
@@ -69,11 +69,18 @@ class Logger:
         if prefix == "train":
             eta = (self.total_steps - step) * self.batch_size / rate if rate > 0 else float("nan")
             terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss_") and k[-1].isalpha())
+            eta = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "-"
             line = (f"step {step}/{self.total_steps} | loss {values['loss']:.4f} ({terms}) | "
-                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if eta == eta else '-'}")
+                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | ETA {eta}")
+            if values.get("nonfinite_total"):
+                line += f" | {int(values['nonfinite_total'])} non-finite updates skipped"
         else:
             line = f"step {step} | {prefix}: " + " ".join(f"{k} {v:.2f}" for k, v in values.items())
         print(("\r" if self.tty else "") + line, flush=True)
+
+    def info(self, message: str):
+        if self.active:
+            print(message, flush=True)
 
     def close(self):
         if self.active:
@@ -125,14 +132,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             weights = load_weights(config.init_from, with_shardings({"params": abstract.params, "frozen": abstract.frozen},
                                                                     {"params": sharding.params, "frozen": sharding.frozen}))
             state = state.replace(**weights)
-            logging.info("initialised weights from %s", config.init_from)
-    else:
-        logging.info("resumed from step %d", int(state.step))
+    logger = Logger(workdir, config.num_steps, config.batch_size)
+    if int(state.step) > 0:
+        logger.info(f"resumed from step {int(state.step)}")
+    elif config.init_from:
+        logger.info(f"initialised the weights from {config.init_from}")
 
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
-    logger = Logger(workdir, config.num_steps, config.batch_size)
     step, metrics, pending = int(state.step), {}, None
     try:
         with jax.set_mesh(mesh):
@@ -156,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     logger.scalars(step, evaluate(config, model, state), prefix="eval")
                 if stop["requested"] or checkpointer.manager.reached_preemption(step):
                     checkpointer.save(step, state, iterator, force=True)
-                    logging.warning("stop requested: saved step %d", step)
+                    logger.info(f"stop requested: saved step {step}")
                     break
     finally:
         checkpointer.close()
@@ -168,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:

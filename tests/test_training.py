@@ -1,0 +1,164 @@
+"""Training end to end: overfitting, non-finite stops, 8 devices, 2 processes, kill and resume."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import tiny
+from maskformer_jax.training import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Small, fast runs of the tiny config; dropout off so that image order cannot change the result; a
+# constant learning rate so that num_steps is not part of the compiled step and every run below
+# reuses one compiled program from the shared cache.
+TINY_FLAGS = [
+    "--config", str(ROOT / "configs/tiny.py"), "--config.batch_size=4", "--config.log_every=1",
+    "--config.dataset.synthetic_train_examples=8", "--config.model.dropout=0.0",
+    "--config.model.backbone.drop_path_rate=0.0", "--config.optimizer.schedule=step",
+    "--config.optimizer.learning_rate=3e-4", "--config.optimizer.clip_grad_norm=1.0",
+    "--config.optimizer.backbone_multiplier=1.0",
+]
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory):
+    """Subprocess environment sharing one persistent compilation cache (the runs compile the same step)."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def train(workdir, environment, *extra, wait=True):
+    command = [sys.executable, str(ROOT / "train.py"), "--workdir", str(workdir), *TINY_FLAGS, *extra]
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        return output
+    return process
+
+
+def checkpoint_steps(workdir):
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def final_params(workdir):
+    """(latest step, its parameters as numpy arrays), whichever devices wrote them."""
+    step = checkpoint_steps(workdir)[-1]
+    path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))["params"]
+
+
+def assert_trees_equal(a, b, tolerance=0.0):
+    """Bit-identical, or every element within rtol = atol = `tolerance`."""
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tolerance, atol=tolerance)
+
+
+def test_tiny_config_overfits_a_few_images(tmp_path, environment):
+    """8 synthetic images, 150 steps: the loss falls to less than half of its start."""
+    train(tmp_path, environment, "--config.num_steps=150", "--config.checkpoint_every=1000")
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [line["loss"] for line in lines if line["split"] == "train"]
+    assert lines[-1]["step"] == 150 and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
+    assert (tmp_path / "tensorboard").is_dir() and checkpoint_steps(tmp_path)[-1] == 150
+
+
+def test_non_finite_gradients_stop_training_after_the_configured_count(tmp_path, monkeypatch):
+    real_loss = step_lib.set_loss
+
+    def poisoned(*args, **kwargs):
+        total, metrics = real_loss(*args, **kwargs)
+        return total * np.float32("nan"), metrics
+
+    monkeypatch.setattr(step_lib, "set_loss", poisoned)
+    config = tiny.get_config()
+    config.batch_size, config.num_steps, config.optimizer.max_consecutive_nonfinite = 2, 50, 3
+    config.model.dropout, config.model.backbone.drop_path_rate = 0.0, 0.0
+    import train as train_script
+
+    with pytest.raises(FloatingPointError, match="3 updates in a row had non-finite gradients"):
+        train_script.train_and_evaluate(config, tmp_path)
+
+
+def test_one_step_on_eight_devices_equals_one_device():
+    result = subprocess.run([sys.executable, str(ROOT / "tests/multidevice_step.py")], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8
+    fsdp = report["fsdp"]
+    assert fsdp["sharded_leaves"] > 0  # parameters and moments split over the data axis too
+    assert fsdp["loss_relative"] <= 1e-5 and fsdp["params_close"] and fsdp["params_changed"], report
+
+
+def test_two_processes_equal_one_process(tmp_path, environment):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    steps = ["--config.num_steps=3", "--config.checkpoint_every=3"]
+    processes = [
+        train(tmp_path / "two", environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
+              "--num_processes=2", f"--process_id={i}", wait=False)
+        for i in range(2)
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+    train(tmp_path / "one", environment, *steps)
+    step_two, params_two = final_params(tmp_path / "two")
+    step_one, params_one = final_params(tmp_path / "one")
+    assert step_two == step_one == 3
+    # Same global batch (the two processes hold different halves), so the same parameters up to the
+    # order of floating-point sums. Adam turns a rounding difference in a near-zero gradient into a
+    # visible one (g / (|g| + eps)), so the bound is 1e-5 absolute: 3% of one step at lr 3e-4.
+    assert_trees_equal(params_two, params_one, tolerance=1e-5)
+
+
+def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environment):
+    steps = ["--config.num_steps=12", "--config.checkpoint_every=2"]
+    train(tmp_path / "straight", environment, *steps)
+
+    process = train(tmp_path / "killed", environment, *steps, wait=False)
+    deadline = time.time() + 600
+    while not any(step >= 4 for step in checkpoint_steps(tmp_path / "killed")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoint_steps(tmp_path / "killed")[-1]
+    assert 4 <= killed_at < 12
+    output = train(tmp_path / "killed", environment, *steps)
+    assert f"resumed from step {killed_at}" in output
+    step_straight, straight = final_params(tmp_path / "straight")
+    step_resumed, resumed = final_params(tmp_path / "killed")
+    assert step_straight == step_resumed == 12
+    assert_trees_equal(resumed, straight)
+
+    process = train(tmp_path / "terminated", environment, "--config.num_steps=100000", "--config.checkpoint_every=100000",
+                    wait=False)
+    metrics = tmp_path / "terminated/metrics.jsonl"
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    saved = checkpoint_steps(tmp_path / "terminated")[-1]
+    assert saved >= 3 and f"stop requested: saved step {saved}" in output
