@@ -45,6 +45,12 @@ def test_process_shards_are_disjoint_and_cover_each_epoch():
     # One epoch = 24 examples = 12 per process; the first 12 of each process are disjoint and cover it.
     assert set(ids[0][:12]).isdisjoint(ids[1][:12])
     assert set(ids[0][:12]) | set(ids[1][:12]) == {f"synthetic_9_{i}" for i in range(24)}
+    # The same example gets the same augmentation whatever the number of processes.
+    single = take(train_pipeline(config(batch_size=4), SOURCE, 0, 1), 3)
+    images = {i: image for batch in single for i, image in zip(batch["image_id"], batch["image"])}
+    first = take(train_pipeline(config(batch_size=4), SOURCE, 1, 2), 1)[0]
+    for image_id, image in zip(first["image_id"], first["image"]):
+        np.testing.assert_array_equal(image, images[image_id])
 
 
 def test_restoring_the_iterator_state_resumes_at_the_next_batch():

@@ -72,9 +72,13 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
         grain.MapDataset.source(source)
         .seed(config.seed)
         .shuffle()
-        .repeat(None)[process_index::process_count]
+        .repeat(None)
         .filter(_has_labels)
         .random_map(functools.partial(_train_example, dataset=config.dataset, max_targets=config.loss.max_targets))
+        # Slice after random_map: grain seeds each example by its index in the dataset being mapped,
+        # so augmentations must be drawn on global indices to be independent of the process count.
+        # MapDataset is lazy: each process still reads and transforms only its own examples.
+        [process_index::process_count]
         .to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=16))
         .batch(config.batch_size // process_count, drop_remainder=True)
     )

@@ -39,7 +39,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = schedule(state.step)
         metrics["nonfinite_in_a_row"] = opt_state.notfinite_count
         metrics["nonfinite_total"] = opt_state.total_notfinite
