@@ -1,7 +1,6 @@
 """The exact on-device solver against scipy, and the matching cost against Hugging Face's."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
