@@ -43,8 +43,10 @@ for name, fsdp in (("fsdp", True),):  # the batch is sharded over "data" as well
     report[name] = {
         "sharded_leaves": sharded,
         "loss_relative": abs(metrics["loss"] - reference_metrics["loss"]) / abs(reference_metrics["loss"]),
-        "params_close": all(  # elementwise |a - b| <= 1e-5 |b| + 1e-7
-            bool(np.allclose(a, b, rtol=1e-5, atol=1e-7))
+        # Elementwise |a - b| <= 1e-5 |b| + 1e-6: Adam's g / (|g| + eps) turns summation-order rounding
+        # in near-zero gradients into differences of up to ~1e-7; 1e-6 is 1% of one step at lr 1e-4.
+        "params_close": all(
+            bool(np.allclose(a, b, rtol=1e-5, atol=1e-6))
             for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params))
         ),
         "param_max_abs_difference": max(
