@@ -121,13 +121,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, rng))
+
+    def create():
+        return create_train_state(config, model, optimizer, rng)
+
+    abstract = jax.eval_shape(create)
     sharding = state_sharding(abstract, mesh, config.fsdp)
     iterator = iter(train_pipeline(config))
     checkpointer = Checkpointer(workdir, config.checkpoint_every, config.checkpoints_to_keep)
     state = checkpointer.restore(with_shardings(abstract, sharding), iterator)
     if state is None:
-        state = jax.jit(lambda: create_train_state(config, model, optimizer, rng), out_shardings=sharding)()
+        state = jax.jit(create, out_shardings=sharding)()
         if config.init_from:
             weights = load_weights(config.init_from, with_shardings({"params": abstract.params, "frozen": abstract.frozen},
                                                                     {"params": sharding.params, "frozen": sharding.frozen}))
