@@ -15,22 +15,18 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from maskformer_jax import losses
-from maskformer_jax.data.pipeline import eval_pipeline, train_pipeline
-from maskformer_jax.inference import semantic_scores
-from maskformer_jax.metrics import confusion_matrix, semantic_metrics
+from maskformer_jax.data.pipeline import train_pipeline
+from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
 from maskformer_jax.training.checkpoint import Checkpointer, load_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
 from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
-from maskformer_jax.training.step import global_batch, jit_train_step, normalize
+from maskformer_jax.training.step import global_batch, jit_train_step
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"
 
@@ -88,30 +84,6 @@ class Logger:
             self.jsonl.close()
 
 
-def evaluate(config, model, state) -> dict:
-    """Semantic metrics on the validation split, at the evaluation pad size (padding excluded)."""
-    num_classes = config.model.num_classes
-
-    @jax.jit
-    def batch_confusion(params, frozen, images, segments, labels, example_valid):
-        outputs = model.apply({"params": params, "frozen": frozen}, normalize(images))
-        scores = semantic_scores(outputs["class_logits"][-1], outputs["mask_logits"][-1], *images.shape[1:3])
-        flat = jnp.maximum(segments, 0).reshape(len(labels), -1)
-        classes = jnp.take_along_axis(labels, flat, axis=1).reshape(segments.shape)
-        targets = jnp.where((segments >= 0) & example_valid[:, None, None], classes, -1)
-        return confusion_matrix(scores.argmax(1), targets, num_classes)
-
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    pad_size = tuple(config.dataset.eval_pad_size or config.dataset.image_size)
-    for batch in eval_pipeline(config, pad_size, config.eval_batch_size):
-        keys = ("image", "segments", "labels", "example_valid")
-        confusion += np.asarray(batch_confusion(state.params, state.frozen, *(batch[key] for key in keys)))
-    if jax.process_count() > 1:
-        confusion = multihost_utils.process_allgather(confusion).sum(0)
-    metrics = semantic_metrics(confusion)
-    return {key: metrics[key] for key in ("mIoU", "fwIoU", "mACC", "pACC")}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train for config.num_steps (resuming from workdir if it has a checkpoint); returns the last metrics."""
     workdir = pathlib.Path(workdir)
@@ -145,6 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
+    evaluator = Evaluator(config, model) if config.eval_every else None
     step, metrics, pending = int(state.step), {}, None
     try:
         with jax.set_mesh(mesh):
@@ -165,7 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     logger.scalars(step, metrics)
                 checkpointer.save(step, state, iterator, force=step == config.num_steps)
                 if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-                    logger.scalars(step, evaluate(config, model, state), prefix="eval")
+                    result = evaluator({"params": state.params, "frozen": state.frozen}, log=logger.info)
+                    logger.scalars(step, {key: result[key] for key in SUMMARY_KEYS if key in result}, prefix="eval")
                 if stop["requested"] or checkpointer.manager.reached_preemption(step):
                     checkpointer.save(step, state, iterator, force=True)
                     logger.info(f"stop requested: saved step {step}")

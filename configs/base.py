@@ -61,6 +61,8 @@ def use_crop_640(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     config.dataset.max_size_train = 2560
     config.dataset.min_size_test = 640
     config.dataset.max_size_test = 2560
+    config.eval.tta_sizes = (320, 480, 640, 800, 960, 1120)
+    config.eval.tta_max_size = 4480
     return config
 
 
@@ -80,7 +82,9 @@ def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.Confi
     config.dataset.crop_size_range = (384, 600)  # random crop side range of the crop branch
     config.dataset.min_size_test = 800
     config.dataset.max_size_test = 1333
-    config.dataset.size_divisibility = 0  # the reference pads COCO batches only to the batch maximum
+    # The reference tests COCO one image at a time without padding; padding to 32 instead makes the
+    # sizes fall into buckets that compile once (SPEC.md §4: padding changes the outputs slightly).
+    config.dataset.size_divisibility = 32
     config.inference.task = "panoptic"
     config.batch_size = 64
     config.num_steps = 554_400
@@ -119,8 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.max_size_train = 2048
     config.dataset.min_size_test = 512
     config.dataset.max_size_test = 2048
-    config.dataset.size_divisibility = 32  # eval padding: a multiple of this above the resized image
-    config.dataset.eval_pad_size = ()  # (H, W) evaluation images are padded to; () = image_size
+    config.dataset.size_divisibility = 32  # evaluation images are padded to a multiple of this
     config.dataset.root = ""  # dataset folder (ADE20K: the folder holding ADEChallengeData2016)
     config.dataset.transform = "semantic"  # training augmentation: "semantic" or "detr" (COCO panoptic)
     config.dataset.target_mode = "semantic"  # "semantic": a target per class; "panoptic": per segment
@@ -139,6 +142,27 @@ def get_config() -> ml_collections.ConfigDict:
     config.inference.task = "semantic"  # "semantic", "panoptic" or "instance"
     config.inference.object_mask_threshold = 0.8  # panoptic: keep queries with a higher class score
     config.inference.overlap_threshold = 0.8  # panoptic: keep segments that keep this share of their mask
+    config.inference.top_k = 100  # instance: (query, class) pairs kept per image
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.split = "validation"
+    config.eval.batch_size = 8  # per process; images of one padded size are batched together
+    config.eval.num_examples = 0  # evaluate the first this many examples of the split (0: all)
+    config.eval.save_predictions = False  # write semantic PNGs / COCO panoptic PNG + JSON to <workdir>/predictions
+    # Test-time augmentation (semantic): the short sides below (long side <= tta_max_size), and with
+    # tta_flip each also mirrored; the semantic scores of all views are averaged. SPEC-DETAIL §4.4.
+    config.eval.tta = False
+    config.eval.tta_sizes = (256, 384, 512, 640, 768, 896)
+    config.eval.tta_max_size = 3584
+    config.eval.tta_flip = True
+    # Sliding-window inference (semantic): dataset.image_size windows every window_stride pixels
+    # (() = two thirds of the window) over images larger than a window, scores averaged where they overlap.
+    config.eval.sliding_window = False
+    config.eval.window_stride = ()
+    config.eval.max_segments = 256  # ground-truth segment slots per image (an image with more is an error)
+    # Predictions are resized to the original image size on a canvas rounded up to a multiple of this:
+    # one compiled program per (padded input size, canvas size) pair.
+    config.eval.canvas_divisibility = 128
 
     config.loss = ml_collections.ConfigDict()
     # Loss terms and their weights: "class" (cross-entropy) and the mask losses of losses.MASK_LOSSES.
@@ -178,5 +202,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 5000  # the reference's checkpoint period
     config.checkpoints_to_keep = 3
     config.eval_every = 0  # steps between evaluations on the validation split (0: never)
-    config.eval_batch_size = 8
     return config

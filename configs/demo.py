@@ -28,7 +28,6 @@ def get_config():
     config.dataset.max_size_train = 512
     config.dataset.min_size_test = 128
     config.dataset.max_size_test = 512
-    config.dataset.eval_pad_size = (128, 128)
     config.loss.max_targets = 20
 
     config.optimizer.learning_rate = 3e-4

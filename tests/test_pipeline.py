@@ -106,21 +106,22 @@ def test_images_without_labels_are_skipped_in_training():
     assert all(int(i.rsplit("_", 1)[1]) % 2 == 0 for i in ids)
 
 
-def test_eval_visits_every_example_once_and_flags_padding():
+def test_eval_visits_every_example_once_at_its_original_size():
     c = config()
-    batches = list(eval_pipeline(c, (64, 64), batch_size=5, source=SyntheticSource(13, (96, 96), seed=2),
-                                 process_index=0, process_count=1))
-    assert len(batches) == 3
-    valid_ids = [i for b in batches for i, ok in zip(b["image_id"], b["example_valid"]) if ok]
-    assert sorted(valid_ids) == sorted(f"synthetic_2_{i}" for i in range(13))
-    np.testing.assert_array_equal(batches[-1]["example_valid"], [True, True, True, False, False])
-    assert (batches[0]["height"] == 96).all() and batches[0]["image"].shape == (5, 64, 64, 3)
-    shards = [
-        [i for b in eval_pipeline(c, (64, 64), 4, SyntheticSource(13, (96, 96), seed=2), p, 2)
-         for i, ok in zip(b["image_id"], b["example_valid"]) if ok]
-        for p in range(2)
-    ]
+    source = SyntheticSource(13, (96, 80), seed=2)
+    examples = list(eval_pipeline(c, source, process_index=0, process_count=1))
+    assert sorted(e["image_id"] for e in examples) == sorted(f"synthetic_2_{i}" for i in range(13))
+    first = examples[0]
+    assert (first["height"], first["width"]) == (96, 80) and first["segments"].shape == (96, 80)
+    assert [v.shape for v in first["views"]] == [(77, 64, 3)]  # short side min_size_test = 64
+    shards = [[e["image_id"] for e in eval_pipeline(c, source, p, 2)] for p in range(2)]
     assert set(shards[0]).isdisjoint(shards[1]) and len(shards[0]) + len(shards[1]) == 13
+    c.eval.update(tta=True, tta_sizes=(32, 64), num_examples=5)
+    examples = list(eval_pipeline(c, source, 0, 1))
+    assert len(examples) == 5 and [v.shape[:2] for v in examples[0]["views"]] == [(38, 32), (77, 64)]
+    c.eval.max_segments = 2
+    with pytest.raises(ValueError, match="synthetic_2_0 has .* segments, more than config.eval.max_segments = 2"):
+        list(eval_pipeline(c, source, 0, 1))
 
 
 def test_batch_size_must_divide_over_processes():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from configs import base, tiny
+from configs import tiny
 from maskformer_jax.data import transforms
 from maskformer_jax.data.synthetic import SyntheticSource
 from maskformer_jax.data.targets import make_targets
@@ -114,10 +114,6 @@ def test_color_jitter_is_deterministic_and_changes_only_the_image():
 
 
 def test_evaluation_transform_keeps_the_original_size():
-    config = base.get_config()
-    example = transforms.evaluation(pattern(), short=30, max_size=1000, pad_size=(64, 64))
-    assert (example["height"], example["width"]) == (60, 90)
-    assert example["image"].shape == (64, 64, 3) and example["valid"][:30, :45].all()
-    assert not example["valid"][30:].any() and not example["valid"][:, 45:].any()
-    with pytest.raises(ValueError, match="exceeds the pad size"):
-        transforms.evaluation(pattern(), short=config.dataset.min_size_test, max_size=2048, pad_size=(64, 64))
+    example = transforms.evaluation(pattern(), short_sizes=(30, 10), max_size=40)
+    assert (example["height"], example["width"]) == (60, 90) and example["segments"].shape == (60, 90)
+    assert [view.shape for view in example["views"]] == [(27, 40, 3), (10, 15, 3)]  # the first capped at 40

@@ -1,10 +1,11 @@
 """grain input pipelines: training (sharded per process, shuffled, repeated, augmented, batched,
-checkpointable) and evaluation (every example exactly once, last batch padded and flagged).
+checkpointable) and evaluation (every example exactly once, at its original size).
 
 A training batch, per process: image uint8 [b, H, W, 3], valid bool [b, H, W], segments int32
 [b, H, W], labels int32 [b, T] (BATCH_KEYS, for the device) and image_id [b] (stays on the host),
-with b = config.batch_size / process count. Evaluation batches add height and width (the original
-size) and example_valid (False on the padding examples).
+with b = config.batch_size / process count. Evaluation examples (EVAL_KEYS) come one at a time: the
+resized images in `views`, the raw ground truth and the original height and width; evaluation.py
+groups them into batches of one size.
 """
 
 import functools
@@ -12,14 +13,13 @@ import functools
 import grain
 import jax
 import ml_collections
-import numpy as np
 
 from maskformer_jax.data import sources, synthetic, transforms
 from maskformer_jax.data.targets import make_targets
 
 BATCH_KEYS = ("image", "valid", "segments", "labels")  # the arrays that go to the device
 TRAIN_KEYS = BATCH_KEYS + ("image_id",)
-EVAL_KEYS = TRAIN_KEYS + ("height", "width")
+EVAL_KEYS = ("views", "segments", "classes", "iscrowd", "image_id", "height", "width")
 
 
 def build_source(dataset: ml_collections.ConfigDict, split: str):
@@ -87,36 +87,31 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
     return dataset
 
 
-def _eval_example(example, dataset, max_targets, pad_size):
-    example = transforms.evaluation(example, dataset.min_size_test, dataset.max_size_test, pad_size)
-    example = make_targets(example, dataset.target_mode, max_targets, drop_smallest=True)
+def _eval_example(example, short_sizes, max_size, max_segments):
+    if len(example["classes"]) > max_segments:
+        raise ValueError(f"image {example['image_id']} has {len(example['classes'])} segments, more than "
+                         f"config.eval.max_segments = {max_segments}")
+    example = transforms.evaluation(example, short_sizes, max_size)
     return {key: example[key] for key in EVAL_KEYS}
 
 
-def _pad_batch(examples, batch_size):
-    """Stack examples and pad to batch_size with copies of the first, flagged example_valid False."""
-    count = len(examples)
-    examples = list(examples) + [examples[0]] * (batch_size - count)
-    batch = {key: np.stack([example[key] for example in examples]) for key in EVAL_KEYS}
-    batch["example_valid"] = np.arange(batch_size) < count
-    return batch
-
-
-def eval_pipeline(config: ml_collections.ConfigDict, pad_size, batch_size: int, source=None,
-                  process_index=None, process_count=None):
-    """Every example of the evaluation split exactly once (this process's share), resized as the
-    reference's test mapper and padded to `pad_size` (H, W); the last batch is padded to `batch_size`
-    with examples flagged `example_valid = False`."""
+def eval_pipeline(config: ml_collections.ConfigDict, source=None, process_index=None, process_count=None):
+    """This process's share of the evaluation split (each example exactly once over all processes,
+    the first `config.eval.num_examples` if set), one example at a time: EVAL_KEYS, with `views` the
+    image resized as the reference's test mapper, once per test-time scale."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    source = build_source(config.dataset, "validation") if source is None else source
+    source = build_source(config.dataset, config.eval.split) if source is None else source
     if len(source) == 0:
-        raise ValueError(f"the validation split of {config.dataset.name!r} is empty")
-    prepare = functools.partial(
-        _eval_example, dataset=config.dataset, max_targets=config.loss.max_targets, pad_size=tuple(pad_size)
-    )
-    return (
-        grain.MapDataset.source(source)[process_index::process_count]
-        .map(prepare)
-        .batch(batch_size, batch_fn=functools.partial(_pad_batch, batch_size=batch_size))
-    )
+        raise ValueError(f"the {config.eval.split} split of {config.dataset.name!r} is empty")
+    dataset, evaluation = config.dataset, config.eval
+    if evaluation.tta:
+        short_sizes, max_size = evaluation.tta_sizes, evaluation.tta_max_size
+    else:
+        short_sizes, max_size = (dataset.min_size_test,), dataset.max_size_test
+    prepare = functools.partial(_eval_example, short_sizes=tuple(short_sizes), max_size=max_size,
+                                max_segments=evaluation.max_segments)
+    examples = grain.MapDataset.source(source)
+    if evaluation.num_examples:
+        examples = examples[: evaluation.num_examples]
+    return examples[process_index::process_count].map(prepare)

@@ -24,12 +24,18 @@ def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[i
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def resize_image(image, height: int, width: int):
+    """uint8 [h, w, 3] → [height, width, 3], bilinear with PIL, as detectron2's ResizeTransform."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
 def resize(example, height: int, width: int):
-    """Image bilinear (PIL, as detectron2), segments and valid nearest."""
+    """Image bilinear, segments and valid nearest."""
     if example["image"].shape[:2] == (height, width):
         return example
-    out = dict(example)
-    out["image"] = np.asarray(Image.fromarray(example["image"]).resize((width, height), Image.BILINEAR))
+    out = dict(example, image=resize_image(example["image"], height, width))
     for key in ("segments", "valid"):
         dtype = example[key].dtype
         label = Image.fromarray(example[key].astype(np.int32), mode="I")
@@ -167,12 +173,12 @@ def detr_train(example, rng, dataset):
     return pad(example, dataset.image_size)
 
 
-def evaluation(example, short: int, max_size: int, pad_size: Sequence[int]):
-    """Resize the short side to `short` (long side <= max_size) and pad to `pad_size`; the original
-    size is kept in `height`/`width` for resizing predictions back."""
+def evaluation(example, short_sizes: Sequence[int], max_size: int):
+    """The reference's test mapper: the image resized once per short side in `short_sizes` (long
+    side <= max_size) into `views`; the ground truth stays at the original size (height, width)."""
     height, width = example["image"].shape[:2]
-    example = resize(with_valid(example), *resized_shape(height, width, short, max_size))
-    return dict(pad(example, pad_size), height=height, width=width)
+    views = tuple(resize_image(example["image"], *resized_shape(height, width, short, max_size)) for short in short_sizes)
+    return dict(example, views=views, height=height, width=width)
 
 
 TRAIN_TRANSFORMS = {"semantic": semantic_train, "detr": detr_train}

@@ -51,19 +51,24 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_weights(path, abstract_weights):
-    """{"params", "frozen"} from a checkpoint folder (a workdir, its checkpoints/ folder, or one step's
-    folder), ignoring the optimizer state and the step: for `config.init_from`."""
+def checkpoint_folder(path) -> pathlib.Path:
+    """One step's folder from a workdir, its checkpoints/ folder (the latest step) or the step folder."""
     path = pathlib.Path(path).absolute()
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
-    if not (path / "state").is_dir():
-        steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True) if path.is_dir() else []
-        if not steps:
-            raise FileNotFoundError(f"{path}: no checkpoint (expected <step>/state inside)")
-        path = path / str(steps[0])
-    restored = ocp.PyTreeCheckpointer().restore(
+    if (path / "state").is_dir():
+        return path
+    steps = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True) if path.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{path}: no checkpoint (expected <step>/state inside)")
+    return path / str(steps[0])
+
+
+def load_weights(path, abstract_weights):
+    """{"params", "frozen"} from a checkpoint (see `checkpoint_folder`), ignoring the optimizer state
+    and the step: for `config.init_from` and evaluation."""
+    path = checkpoint_folder(path)
+    return ocp.PyTreeCheckpointer().restore(
         path / "state",
         args=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights), partial_restore=True),
     )
-    return restored

@@ -1,0 +1,342 @@
+"""Evaluating a model on a split: examples → batches of one size → model → inference → metrics.
+
+As the reference (SPEC.md §4): each image is resized by the test mapper and padded to a multiple of
+`dataset.size_divisibility` above its size (zeros after normalisation), so a batch holds images of
+one padded size and each size compiles once; predictions are cropped and resized back to the
+original size, on a canvas (original size rounded up to `eval.canvas_divisibility`), and scored
+against the original ground truth. Every process evaluates its own share of the split on its own
+devices; the metric sums are added over processes at the end.
+"""
+
+import collections
+import math
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import grain
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from maskformer_jax import inference, metrics
+from maskformer_jax.data.metadata import dataset_metadata
+from maskformer_jax.data import transforms
+from maskformer_jax.data.pipeline import build_source, eval_pipeline
+from maskformer_jax.predictions import PredictionWriter, merge_panoptic_parts
+from maskformer_jax.resize import resize_bilinear
+from maskformer_jax.training.checkpoint import load_weights, with_shardings
+from maskformer_jax.training.state import make_mesh
+from maskformer_jax.training.step import normalize
+
+TASKS = ("semantic", "panoptic", "instance")
+SUMMARY_KEYS = ("mIoU", "fwIoU", "mACC", "pACC", "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * math.ceil(value / multiple)
+
+
+def validate(config: ml_collections.ConfigDict):
+    """Errors that name the config key, before any work."""
+    task, evaluation = config.inference.task, config.eval
+    if task not in TASKS:
+        raise ValueError(f"config.inference.task must be one of {TASKS}, got {task!r}")
+    if (evaluation.tta or evaluation.sliding_window) and task != "semantic":
+        raise ValueError("config.eval.tta and config.eval.sliding_window apply to config.inference.task "
+                         f"'semantic' only (the reference has no panoptic test-time augmentation), got {task!r}")
+    if evaluation.tta and not evaluation.tta_sizes:
+        raise ValueError("config.eval.tta needs config.eval.tta_sizes")
+    if evaluation.batch_size < 1:
+        raise ValueError(f"config.eval.batch_size must be positive, got {evaluation.batch_size}")
+
+
+def window_offsets(size: int, window: int, stride: int) -> list[int]:
+    """Start of each sliding window along one axis: every `stride`, the last one flush with the end."""
+    if size <= window:
+        return [0]
+    count = math.ceil((size - window) / stride) + 1
+    return [min(i * stride, size - window) for i in range(count)]
+
+
+class Predictor:
+    """The model and the reference's inference on images of any size (config.inference.task).
+
+    `predict(variables, image)` → numpy maps at the image's size; batches of one padded size go
+    through `_predict_views`, one compiled program per (padded size, canvas size).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, model, metadata):
+        validate(config)
+        self.config, self.model, self.metadata = config, model, metadata
+        self.num_classes = config.model.num_classes
+        if len(metadata.class_names) != self.num_classes:
+            raise ValueError(f"the {config.dataset.name!r} data has {len(metadata.class_names)} classes but "
+                             f"config.model.num_classes is {self.num_classes}")
+        self.task = config.inference.task
+        self.mesh = make_mesh(jax.local_devices())
+        self._predict = jax.jit(self._predict_fn, static_argnames="canvas")
+
+    # ---- on device ----
+
+    def _forward(self, variables, images, sizes):
+        """Last-layer class logits [B, Q, K+1] and mask logits upsampled to the padded input [B, Q, H, W]."""
+        height, width = images.shape[1:3]
+        inside = inference.canvas_mask(sizes, (height, width))
+        x = jnp.where(inside[..., None], normalize(images), 0.0)  # the reference pads normalised images with 0
+        outputs = self.model.apply(variables, x)
+        masks = resize_bilinear(outputs["mask_logits"][-1].astype(jnp.float32), height, width)
+        return outputs["class_logits"][-1], masks
+
+    def _sliding_window(self, variables, images, sizes):
+        """Semantic scores [B, K, H, W] averaged over dataset.image_size windows."""
+        window = tuple(self.config.dataset.image_size)
+        stride = tuple(self.config.eval.window_stride) or tuple(max(1, 2 * w // 3) for w in window)
+        height, width = images.shape[1:3]
+        x = jnp.where(inference.canvas_mask(sizes, (height, width))[..., None], normalize(images), 0.0)
+        padded = (max(height, window[0]), max(width, window[1]))
+        x = jnp.pad(x, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
+        offsets = [(y, x0) for y in window_offsets(padded[0], window[0], stride[0])
+                   for x0 in window_offsets(padded[1], window[1], stride[1])]
+        crops = jnp.concatenate([x[:, y:y + window[0], x0:x0 + window[1]] for y, x0 in offsets])
+        outputs = self.model.apply(variables, crops)
+        scores = inference.semantic_scores(outputs["class_logits"][-1], outputs["mask_logits"][-1], *window)
+        scores = scores.reshape(len(offsets), len(images), *scores.shape[1:])
+        total = jnp.zeros((len(images), self.num_classes) + padded, jnp.float32)
+        count = jnp.zeros(padded, jnp.float32)
+        for (y, x0), window_scores in zip(offsets, scores):
+            total = total.at[:, :, y:y + window[0], x0:x0 + window[1]].add(window_scores)
+            count = count.at[y:y + window[0], x0:x0 + window[1]].add(1.0)
+        return (total / count)[:, :, :height, :width]
+
+    def _predict_fn(self, variables, images, sizes, original_sizes, flips, canvas):
+        """images uint8 [B, H, W, 3] (padded); sizes, original_sizes int [B, 2]; flips bool [B] →
+        "semantic" scores [B, K, Ho, Wo] at the original size, plus for panoptic "segment_map"
+        [B, Ho, Wo] / "segment_classes" [B, Q], for instance "instances" (inference.instance_inference)."""
+        if self.config.eval.sliding_window:
+            scores = self._sliding_window(variables, images, sizes)
+            return {"semantic": inference.resize_to_original(scores, sizes, original_sizes, canvas, flips)}
+        class_logits, masks = self._forward(variables, images, sizes)
+        if self.task == "semantic":  # the reference's order: scores at the padded size, then resized
+            scores = inference.semantic_probabilities(class_logits, jax.nn.sigmoid(masks))
+            return {"semantic": inference.resize_to_original(scores, sizes, original_sizes, canvas, flips)}
+        masks = inference.resize_to_original(masks, sizes, original_sizes, canvas, flips)  # logits first
+        valid = inference.canvas_mask(original_sizes, canvas)
+        result = {"semantic": inference.semantic_probabilities(class_logits, jax.nn.sigmoid(masks))}
+        is_thing = jnp.asarray(self.metadata.is_thing)
+        if self.task == "panoptic":
+            result["segment_map"], result["segment_classes"] = inference.panoptic_inference(
+                class_logits, masks, valid, is_thing, self.config.inference.object_mask_threshold,
+                self.config.inference.overlap_threshold)
+        else:
+            result["instances"] = inference.instance_inference(
+                class_logits, masks, valid, self.config.inference.top_k, is_thing if is_thing.any() else None)
+        return result
+
+    # ---- on the host ----
+
+    def _put(self, array):
+        """Shard a batch over this process's devices (replicate one that does not divide)."""
+        spec = PartitionSpec("data") if len(array) % jax.local_device_count() == 0 else PartitionSpec()
+        return jax.device_put(array, NamedSharding(self.mesh, spec))
+
+    def _predict_views(self, variables, views, original_size, flips, canvas):
+        """Predictions for a list of images padded into one batch (padded with copies of the first
+        to a multiple of the device count)."""
+        divisor = self.config.dataset.size_divisibility or 1
+        pad = tuple(_round_up(max(view.shape[axis] for view in views), divisor) for axis in (0, 1))
+        count = _round_up(len(views), jax.local_device_count())
+        views = list(views) + [views[0]] * (count - len(views))
+        images = np.zeros((count, *pad, 3), np.uint8)
+        for i, view in enumerate(views):
+            images[i, :view.shape[0], :view.shape[1]] = view
+        sizes = np.asarray([view.shape[:2] for view in views], np.int32)
+        original = np.resize(np.asarray(original_size, np.int32), (count, 2))
+        flips = np.resize(np.asarray(flips, bool), count)
+        return self._predict(variables, *map(self._put, (images, sizes, original, flips)), canvas=canvas)
+
+    def load(self, checkpoint):
+        """{"params", "frozen"} of a checkpoint (training.checkpoint.checkpoint_folder), on this process's devices."""
+        images = jax.ShapeDtypeStruct((1, *self.config.dataset.image_size, 3), jnp.float32)
+        variables = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), images)
+        variables = {"params": variables["params"], "frozen": variables.get("frozen", {})}
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return load_weights(checkpoint, with_shardings(variables, jax.tree.map(lambda _: replicated, variables)))
+
+    def variables_here(self, variables):
+        """The variables replicated on this process's devices (gathered first if sharded over processes)."""
+        if not all(leaf.is_fully_addressable for leaf in jax.tree.leaves(variables) if isinstance(leaf, jax.Array)):
+            variables = multihost_utils.process_allgather(variables, tiled=True)
+        return jax.device_put(variables, NamedSharding(self.mesh, PartitionSpec()))
+
+    def predict(self, variables, image) -> dict:
+        """uint8 [H, W, 3] → "semantic_map" int32 [H, W]; for panoptic "segment_map" [H, W] /
+        "segment_classes" [Q] (as inference.panoptic_inference); for instance "instances" (top-k)."""
+        height, width = image.shape[:2]
+        dataset = self.config.dataset
+        view = transforms.resize_image(image, *transforms.resized_shape(height, width, dataset.min_size_test,
+                                                                        dataset.max_size_test))
+        multiple = self.config.eval.canvas_divisibility
+        canvas = (_round_up(height, multiple), _round_up(width, multiple))
+        with jax.set_mesh(self.mesh):
+            outputs = jax.device_get(self._predict_views(variables, [view], [(height, width)], [False], canvas))
+        result = {"semantic_map": outputs["semantic"][0].argmax(0)[:height, :width]}
+        if "segment_map" in outputs:
+            result.update(segment_map=outputs["segment_map"][0, :height, :width], segment_classes=outputs["segment_classes"][0])
+        if "instances" in outputs:
+            result["instances"] = {key: value[0] for key, value in outputs["instances"].items()}
+            result["instances"]["masks"] = result["instances"]["masks"][:, :height, :width]
+        return result
+
+
+class Evaluator(Predictor):
+    """Evaluates on `config.eval.split` (or `source`); create once, call with the variables:
+    `evaluator(variables)` → the mIoU family for every task, plus the PQ family for "panoptic"."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model, source=None):
+        source = build_source(config.dataset, config.eval.split) if source is None else source
+        super().__init__(config, model, dataset_metadata(config.dataset, source))
+        self.source = source
+        self.batch_size = _round_up(config.eval.batch_size, jax.local_device_count())
+        self._score = jax.jit(self._score_fn, static_argnames="keep_maps")
+
+    def _score_fn(self, predictions, segments, classes, original_sizes, example_valid, keep_maps: bool):
+        """Metric sums of a batch against ground truth segments int [B, Ho, Wo] (-1 void) with
+        classes int [B, S]: "confusion" [K, K], for panoptic "contingency" [B, S + 1, Q + 1]."""
+        valid = inference.canvas_mask(original_sizes, segments.shape[1:]) & example_valid[:, None, None]
+        gt_classes = jnp.take_along_axis(classes, jnp.maximum(segments, 0).reshape(len(segments), -1), axis=1)
+        gt_classes = jnp.where(valid & (segments >= 0), gt_classes.reshape(segments.shape), -1)
+        semantic_map = predictions["semantic"].argmax(1).astype(jnp.int32)
+        result = {"confusion": metrics.confusion_matrix(semantic_map, gt_classes, self.num_classes)}
+        if "segment_map" in predictions:
+            result["contingency"] = metrics.panoptic_contingency(
+                segments, predictions["segment_map"], valid, classes.shape[1], predictions["segment_classes"].shape[1])
+            result["segment_classes"] = predictions["segment_classes"]
+        if keep_maps:
+            result["semantic_map"] = semantic_map
+            if "segment_map" in predictions:
+                result["segment_map"] = predictions["segment_map"]
+        return result
+
+    def _bucket(self, example):
+        """(padded input size, canvas size) of an example; None for the input with test-time augmentation."""
+        divisor = self.config.dataset.size_divisibility or 1
+        canvas_divisor = self.config.eval.canvas_divisibility
+        canvas = (_round_up(example["height"], canvas_divisor), _round_up(example["width"], canvas_divisor))
+        if self.config.eval.tta:
+            return None, canvas
+        return tuple(_round_up(size, divisor) for size in example["views"][0].shape[:2]), canvas
+
+    def augmented_scores(self, variables, example, canvas):
+        """Test-time augmentation: the semantic scores [1, K, Ho, Wo] of all of an example's views
+        (and, with tta_flip, their mirror images, flipped back) averaged."""
+        flips = (False, True) if self.config.eval.tta_flip else (False,)
+        original = [(example["height"], example["width"])] * len(flips)
+        total = 0.0
+        for view in example["views"]:
+            views = [view[:, ::-1] if flip else view for flip in flips]
+            scores = self._predict_views(variables, views, original, flips, canvas)["semantic"]
+            total = total + scores[:len(flips)].sum(0, keepdims=True)
+        return total / (len(flips) * len(example["views"]))
+
+    def _run(self, variables, examples, canvas, keep_maps):
+        """Predictions and metric sums for examples of one bucket (one example with test-time augmentation)."""
+        original = [(example["height"], example["width"]) for example in examples]
+        if self.config.eval.tta:
+            predictions = {"semantic": self.augmented_scores(variables, examples[0], canvas)}
+        else:
+            predictions = self._predict_views(variables, [example["views"][0] for example in examples], original,
+                                              [False] * len(examples), canvas)
+            predictions.pop("instances", None)
+        count = len(predictions["semantic"])
+        segments = np.full((count, *canvas), -1, np.int32)
+        classes = np.full((count, self.config.eval.max_segments), -1, np.int32)
+        for i, example in enumerate(examples):
+            segments[i, :example["height"], :example["width"]] = example["segments"]
+            classes[i, :len(example["classes"])] = example["classes"]
+        original = np.resize(np.asarray(original, np.int32), (count, 2))
+        example_valid = np.arange(count) < len(examples)
+        targets = map(self._put, (segments, classes, original, example_valid))
+        return jax.device_get(self._score(predictions, *targets, keep_maps=keep_maps))
+
+    def accumulate(self, variables, output_dir=None, log=print):
+        """This process's metric sums: confusion int64 [K, K] and panoptic statistics float64 [K, 4]
+        (metrics.PQ_FIELDS). With `output_dir` and config.eval.save_predictions the predictions are
+        written there too (PredictionWriter)."""
+        variables = self.variables_here(variables)
+        save = bool(output_dir) and self.config.eval.save_predictions
+        writer = PredictionWriter(output_dir, self.metadata, self.task == "panoptic", jax.process_index()) if save else None
+        slots = self.config.eval.max_segments
+        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        statistics = np.zeros((self.num_classes, len(metrics.PQ_FIELDS)))
+        dataset = eval_pipeline(self.config, self.source)
+        progress = _Progress(len(dataset), log)
+
+        def run(group, canvas):
+            nonlocal confusion, statistics
+            result = self._run(variables, group, canvas, keep_maps=save)
+            confusion += result["confusion"]
+            for i, example in enumerate(group):
+                if "contingency" in result:
+                    classes, crowd = np.full(slots, -1), np.zeros(slots, bool)
+                    classes[:len(example["classes"])], crowd[:len(example["iscrowd"])] = example["classes"], example["iscrowd"]
+                    statistics += metrics.panoptic_statistics(
+                        result["contingency"][i], classes, crowd, result["segment_classes"][i], self.num_classes)
+                if writer is not None:
+                    crop = (slice(0, example["height"]), slice(0, example["width"]))
+                    panoptic = (result["segment_map"][i][crop], result["segment_classes"][i]) if "segment_map" in result else ()
+                    writer.add(example["image_id"], result["semantic_map"][i][crop], *panoptic)
+            progress.update(len(group))
+
+        group_size = 1 if self.config.eval.tta else self.batch_size
+        pending = collections.defaultdict(list)
+        options = grain.ReadOptions(num_threads=self.config.dataset.read_threads, prefetch_buffer_size=16)
+        with jax.set_mesh(self.mesh):  # this process's devices, also inside a training run's mesh
+            for example in dataset.to_iter_dataset(options):
+                bucket = self._bucket(example)
+                pending[bucket].append(example)
+                if len(pending[bucket]) == group_size:
+                    run(pending.pop(bucket), bucket[1])
+            for bucket, group in pending.items():
+                run(group, bucket[1])
+        if writer is not None:
+            writer.close()
+        return confusion, statistics
+
+    def __call__(self, variables, output_dir=None, log=print) -> dict:
+        """Metrics over the whole split, every process taking part: semantic_metrics, plus
+        panoptic_metrics for the panoptic task."""
+        confusion, statistics = self.accumulate(variables, output_dir, log)
+        if jax.process_count() > 1:
+            confusion = multihost_utils.process_allgather(confusion).sum(0)
+            statistics = multihost_utils.process_allgather(statistics).sum(0)
+        if output_dir and self.config.eval.save_predictions and self.task == "panoptic" and jax.process_index() == 0:
+            merge_panoptic_parts(output_dir, self.metadata)
+        result = metrics.semantic_metrics(confusion)
+        if self.task == "panoptic":
+            result.update(metrics.panoptic_metrics(statistics, self.metadata.is_thing))
+        return result
+
+
+class _Progress:
+    """"eval 120/2000 images (3.1 img/s)": a bar on a terminal, else a line every 10% (process 0)."""
+
+    def __init__(self, total: int, log):
+        self.total, self.done, self.log = total, 0, log
+        self.started, self.reported = time.time(), 0
+        self.active = jax.process_index() == 0
+        self.tty = self.active and log is print and sys.stdout.isatty()
+
+    def update(self, count: int):
+        self.done += count
+        if not self.active:
+            return
+        rate = self.done / max(time.time() - self.started, 1e-9)
+        line = f"eval {self.done}/{self.total} images ({rate:.1f} img/s)"
+        if self.tty:
+            print("\r" + line, end="\n" if self.done >= self.total else "", flush=True)
+        elif self.done >= self.total or self.done - self.reported >= max(self.total // 10, 1):
+            self.reported = self.done
+            self.log(line)

@@ -1,0 +1,92 @@
+"""Segment images and save pictures of the predictions.
+
+    python predict.py --config configs/X.py --checkpoint PATH --output DIR IMAGE_OR_FOLDER [...]
+
+For each image, DIR/<name>.png shows the prediction (config.inference.task) over the image in a
+fixed colour palette, with segment outlines and a legend of the classes present; instances of one
+thing class get distinct shades of the class colour. PATH is a workdir, its checkpoints/ folder,
+or one step's folder.
+"""
+
+import pathlib
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from maskformer_jax import visualize
+from maskformer_jax.data.metadata import dataset_metadata
+from maskformer_jax.data.sources import IMAGE_SUFFIXES, read_image
+from maskformer_jax.evaluation import Predictor
+from maskformer_jax.models import build_model
+from maskformer_jax.predictions import write_png
+
+INSTANCE_SCORE_THRESHOLD = 0.5  # instances drawn in the pictures
+
+
+def image_paths(inputs) -> list[pathlib.Path]:
+    """Files as given, folders expanded to their images (sorted); an error names what is missing."""
+    paths = []
+    for item in map(pathlib.Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such image or folder")
+    return paths
+
+
+def picture(image, prediction, metadata, task: str):
+    """The drawing of one prediction (Predictor.predict's output) over its image."""
+    names, things = metadata.class_names, np.nonzero(metadata.is_thing)[0]
+    if task == "panoptic":
+        classes = prediction["segment_classes"]
+        return visualize.draw_segmentation(image, prediction["segment_map"], np.maximum(classes, 0), names, things)
+    if task == "instance":
+        instances = prediction["instances"]
+        keep = np.nonzero(instances["kept"] & (instances["scores"] > INSTANCE_SCORE_THRESHOLD))[0]
+        segment_map = np.full(image.shape[:2], -1, np.int32)
+        for i in keep[::-1]:  # the best-scoring instance drawn last, on top
+            segment_map[instances["masks"][i]] = i
+        return visualize.draw_segmentation(image, segment_map, instances["classes"], names, instances["classes"])
+    return visualize.draw_segmentation(image, prediction["semantic_map"], np.arange(len(names)), names)
+
+
+def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
+    """Write one picture per input image into `output`; returns their paths."""
+    paths = image_paths(inputs)
+    output = pathlib.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    model = build_model(config.model)
+    metadata = dataset_metadata(config.dataset)
+    predictor = Predictor(config, model, metadata)
+    variables = predictor.load(checkpoint)
+    written = []
+    for index, path in enumerate(paths):
+        image = read_image(path)
+        prediction = predictor.predict(variables, image)
+        target = output / f"{path.stem}.png"
+        write_png(target, picture(image, prediction, metadata, config.inference.task))
+        written.append(target)
+        print(f"[{index + 1}/{len(paths)}] {path} → {target}", flush=True)
+    return written
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) < 2:
+        raise app.UsageError("give at least one image or folder")
+    predict_files(_CONFIG.value, FLAGS.checkpoint, argv[1:], FLAGS.output)
+
+
+if __name__ == "__main__":
+    FLAGS = flags.FLAGS
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints/ folder or one step's folder.")
+    flags.DEFINE_string("output", None, "Folder for the pictures.")
+    flags.mark_flags_as_required(["config", "checkpoint", "output"])
+    app.run(main)
