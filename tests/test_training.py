@@ -74,11 +74,13 @@ def assert_trees_equal(a, b, tolerance=0.0):
 
 
 def test_tiny_config_overfits_a_few_images(tmp_path, environment):
-    """8 synthetic images, 150 steps: the loss falls to less than half of its start."""
-    train(tmp_path, environment, "--config.num_steps=150", "--config.checkpoint_every=1000")
+    """8 synthetic images, 150 steps: the loss falls to less than half of its start; evaluated at the end."""
+    train(tmp_path, environment, "--config.num_steps=150", "--config.checkpoint_every=1000", "--config.eval_every=150",
+          "--config.eval.num_examples=4")
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [line["loss"] for line in lines if line["split"] == "train"]
-    assert lines[-1]["step"] == 150 and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
+    assert lines[-2]["step"] == 150 and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
+    assert lines[-1]["split"] == "eval" and lines[-1]["step"] == 150 and 0 <= lines[-1]["mIoU"] <= 100
     assert (tmp_path / "tensorboard").is_dir() and checkpoint_steps(tmp_path)[-1] == 150
 
 
