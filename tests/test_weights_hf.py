@@ -104,9 +104,9 @@ def test_swin_state_dict_for_resnet_config_names_the_keys():
     with pytest.raises(ValueError) as error:
         variables_from_hf(model.state_dict(), ade20k_r50.get_config().model)
     message = str(error.value)
-    assert "missing from the state dict" in message
+    assert "missing from the Hugging Face state dict" in message
     assert "model.pixel_level_module.encoder.embedder.embedder.convolution.weight" in message
-    assert "unexpected in the state dict" in message
+    assert "unexpected in the Hugging Face state dict" in message
     assert "model.pixel_level_module.encoder.model.embeddings.patch_embeddings.projection.weight" in message
 
 
