@@ -23,7 +23,7 @@ from maskformer_jax import losses
 from maskformer_jax.data.pipeline import train_pipeline
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
-from maskformer_jax.training.checkpoint import Checkpointer, load_weights, with_shardings
+from maskformer_jax.training.checkpoint import Checkpointer, init_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
 from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
 from maskformer_jax.training.step import global_batch, jit_train_step
@@ -102,17 +102,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     iterator = iter(train_pipeline(config))
     checkpointer = Checkpointer(workdir, config.checkpoint_every, config.checkpoints_to_keep)
     state = checkpointer.restore(with_shardings(abstract, sharding), iterator)
+    reinitialised = []
     if state is None:
         state = jax.jit(create, out_shardings=sharding)()
         if config.init_from:
-            weights = load_weights(config.init_from, with_shardings({"params": abstract.params, "frozen": abstract.frozen},
-                                                                    {"params": sharding.params, "frozen": sharding.frozen}))
+            weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
+                                                  config.init_reinitialize_mismatched)
             state = state.replace(**weights)
     logger = Logger(workdir, config.num_steps, config.batch_size)
     if int(state.step) > 0:
         logger.info(f"resumed from step {int(state.step)}")
     elif config.init_from:
-        logger.info(f"initialised the weights from {config.init_from}")
+        logger.info(f"initialised the weights from {config.init_from}"
+                    + (f"; initialised afresh (shapes differ): {', '.join(reinitialised)}" if reinitialised else ""))
 
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))

@@ -198,6 +198,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_steps = 160_000
     config.fsdp = False  # shard large parameters and optimizer moments over the data axis
     config.init_from = ""  # a checkpoint to take the weights (not the optimizer state) from
+    # Fine-tuning with another class or query count: initialise the variables whose shapes differ
+    # from init_from's (class head, query embeddings) afresh instead of failing; they are listed.
+    config.init_reinitialize_mismatched = False
     config.log_every = 50  # console / TensorBoard / metrics.jsonl every this many steps
     config.checkpoint_every = 5000  # the reference's checkpoint period
     config.checkpoints_to_keep = 3

@@ -10,6 +10,7 @@ import pathlib
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 
 def with_shardings(abstract, shardings):
@@ -72,3 +73,35 @@ def load_weights(path, abstract_weights):
         path / "state",
         args=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights), partial_restore=True),
     )
+
+
+def stored_shapes(path) -> dict:
+    """{path tuple: shape} of the {"params", "frozen"} arrays stored in a checkpoint, read from its metadata."""
+    metadata = ocp.PyTreeCheckpointer().metadata(checkpoint_folder(path) / "state")
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    tree = {key: tree[key] for key in ("params", "frozen") if key in tree}
+    return {key: tuple(leaf.shape) for key, leaf in traverse_util.flatten_dict(tree).items()}
+
+
+def init_weights(path, fresh_weights, reinitialize_mismatched: bool = False):
+    """Weights to fine-tune from (`config.init_from`): {"params", "frozen"} from the checkpoint at
+    `path`, placed as `fresh_weights` (the freshly initialised arrays) are.
+
+    A variable whose stored shape differs (another class or query count) is an error naming it,
+    unless `reinitialize_mismatched`: then it keeps its fresh value. Returns (weights, the
+    "/"-joined names of the re-initialised variables).
+    """
+    stored = stored_shapes(path)
+    fresh = traverse_util.flatten_dict(fresh_weights)
+    missing = sorted("/".join(key) for key in fresh if key not in stored)
+    mismatched = {key for key, value in fresh.items() if key in stored and stored[key] != value.shape}
+    names = sorted(f"{'/'.join(key)} {stored[key]} → {fresh[key].shape}" for key in mismatched)
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} variables of this model: {', '.join(missing[:12])}")
+    if mismatched and not reinitialize_mismatched:
+        raise ValueError(f"{path}: shapes differ from this model's for {', '.join(names)}; set "
+                         "config.init_reinitialize_mismatched=True to initialise these afresh")
+    abstract = {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding)
+                for key, value in fresh.items() if key not in mismatched}
+    restored = traverse_util.flatten_dict(load_weights(path, traverse_util.unflatten_dict(abstract)))
+    return traverse_util.unflatten_dict({**fresh, **restored}), sorted("/".join(key) for key in mismatched)
