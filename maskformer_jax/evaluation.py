@@ -157,6 +157,11 @@ class Predictor:
         flips = np.resize(np.asarray(flips, bool), count)
         return self._predict(variables, *map(self._put, (images, sizes, original, flips)), canvas=canvas)
 
+    def canvas(self, height: int, width: int) -> tuple[int, int]:
+        """The canvas that holds an original size: rounded up to eval.canvas_divisibility."""
+        multiple = self.config.eval.canvas_divisibility
+        return _round_up(height, multiple), _round_up(width, multiple)
+
     def load(self, checkpoint):
         """{"params", "frozen"} of a checkpoint (training.checkpoint.checkpoint_folder), on this process's devices."""
         images = jax.ShapeDtypeStruct((1, *self.config.dataset.image_size, 3), jnp.float32)
@@ -178,11 +183,11 @@ class Predictor:
         dataset = self.config.dataset
         view = transforms.resize_image(image, *transforms.resized_shape(height, width, dataset.min_size_test,
                                                                         dataset.max_size_test))
-        multiple = self.config.eval.canvas_divisibility
-        canvas = (_round_up(height, multiple), _round_up(width, multiple))
         with jax.set_mesh(self.mesh):
-            outputs = jax.device_get(self._predict_views(variables, [view], [(height, width)], [False], canvas))
-        result = {"semantic_map": outputs["semantic"][0].argmax(0)[:height, :width]}
+            outputs = self._predict_views(variables, [view], [(height, width)], [False], self.canvas(height, width))
+            outputs["semantic"] = outputs["semantic"].argmax(1)  # on device: the scores are K full-size maps
+            outputs = jax.device_get(outputs)
+        result = {"semantic_map": outputs["semantic"][0, :height, :width]}
         if "segment_map" in outputs:
             result.update(segment_map=outputs["segment_map"][0, :height, :width], segment_classes=outputs["segment_classes"][0])
         if "instances" in outputs:
@@ -223,8 +228,7 @@ class Evaluator(Predictor):
     def _bucket(self, example):
         """(padded input size, canvas size) of an example; None for the input with test-time augmentation."""
         divisor = self.config.dataset.size_divisibility or 1
-        canvas_divisor = self.config.eval.canvas_divisibility
-        canvas = (_round_up(example["height"], canvas_divisor), _round_up(example["width"], canvas_divisor))
+        canvas = self.canvas(example["height"], example["width"])
         if self.config.eval.tta:
             return None, canvas
         return tuple(_round_up(size, divisor) for size in example["views"][0].shape[:2]), canvas
