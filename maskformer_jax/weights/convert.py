@@ -24,26 +24,17 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from maskformer_jax.models import build_model
+from maskformer_jax.weights.detectron2 import read_pickle, variables_from_detectron2
+from maskformer_jax.weights.hf import variables_from_hf
+from maskformer_jax.weights.imagenet import backbone_variables
+from maskformer_jax.weights.rules import to_numpy
 
 SOURCES = ("detectron2", "hf", "torchvision", "swin")
 
 
-def read_pickle(path) -> dict:
-    """name → array from a detectron2 .pkl (a pickled dict, its weights under "model" if present)."""
-    try:
-        with open(path, "rb") as file:
-            data = pickle.load(file, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable detectron2 .pkl ({error})") from error
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a pickled dict of arrays, got {type(data).__name__}")
-    return {name: np.asarray(value) for name, value in data.items() if isinstance(value, (np.ndarray, np.generic))}
-
-
-def load_state_dict(path) -> dict:
-    """name → numpy array from .pkl, .safetensors, or (with torch installed) .pth / .pt / .bin."""
+def load_state_dict(path) -> dict[str, np.ndarray]:
+    """name → numpy array from a .pkl (detectron2), .safetensors, or .pth / .pt / .bin (needs torch)
+    file; a top-level "model" or "state_dict" entry holding the weights is unwrapped."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -53,18 +44,25 @@ def load_state_dict(path) -> dict:
     if suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
+        return dict(load_file(str(path)))
     if suffix in (".pth", ".pt", ".bin"):
         try:
             import torch
         except ImportError as error:
-            raise ImportError(f"{path}: reading {suffix} files needs PyTorch (CPU build: pip install torch "
-                              "--index-url https://download.pytorch.org/whl/cpu); .pkl and .safetensors do not") from error
-        data = torch.load(path, map_location="cpu", weights_only=True)
+            raise ImportError(f"{path}: reading {suffix} files needs PyTorch (CPU build: pip install torch --index-url "
+                              "https://download.pytorch.org/whl/cpu); .pkl and .safetensors files do not") from error
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: holds objects other than tensors, which torch.load(weights_only=True) "
+                             f"refuses to unpickle ({error})") from error
         for key in ("model", "state_dict"):
             if isinstance(data, dict) and isinstance(data.get(key), dict):
                 data = data[key]
-        return {name: value.detach().float().numpy() for name, value in data.items() if hasattr(value, "detach")}
+                break
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+        return {name: to_numpy(value) for name, value in data.items() if isinstance(value, torch.Tensor)}
     raise ValueError(f"{path}: unknown weight file type {suffix!r} (expected .pkl, .safetensors, .pth, .pt or .bin)")
 
 
@@ -77,16 +75,10 @@ def fresh_variables(model_config: ml_collections.ConfigDict, seed: int = 0) -> d
 def convert(source: str, state_dict: dict, model_config: ml_collections.ConfigDict, seed: int = 0) -> dict:
     """{"params", "frozen"} for `build_model(model_config)` from a state dict of `source` (SOURCES)."""
     if source == "detectron2":
-        from maskformer_jax.weights.detectron2 import variables_from_detectron2
-
         return variables_from_detectron2(state_dict, model_config)
     if source == "hf":
-        from maskformer_jax.weights.hf import variables_from_hf
-
         return variables_from_hf(state_dict, model_config)
     if source in ("torchvision", "swin"):
-        from maskformer_jax.weights.imagenet import backbone_variables
-
         backbone = traverse_util.flatten_dict(backbone_variables(state_dict, model_config, source))
         variables = traverse_util.flatten_dict(fresh_variables(model_config, seed))
         return traverse_util.unflatten_dict({**variables, **backbone})
