@@ -132,7 +132,7 @@ class Predictor:
                 self.config.inference.overlap_threshold)
         else:
             result["instances"] = inference.instance_inference(
-                class_logits, masks, valid, self.config.inference.top_k, is_thing if is_thing.any() else None)
+                class_logits, masks, valid, self.config.inference.top_k, is_thing if self.metadata.is_thing.any() else None)
         return result
 
     # ---- on the host ----

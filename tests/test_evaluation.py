@@ -186,3 +186,19 @@ def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path):
         inner[:, 1:] &= classes[:, 1:] == classes[:, :-1]; inner[:, :-1] &= classes[:, :-1] == classes[:, 1:]
         expected = np.round(0.4 * image + 0.6 * palette[classes]).astype(np.uint8)
         np.testing.assert_allclose(picture[:height, :width][inner], expected[inner], atol=1)
+
+
+def test_instance_prediction_at_the_image_size(checkpoint):
+    _, variables = checkpoint
+    from maskformer_jax.data.metadata import dataset_metadata
+    from maskformer_jax.evaluation import Predictor
+
+    config = tiny.get_config()
+    config.inference.update(task="instance", top_k=5)
+    predictor = Predictor(config, build_model(config.model), dataset_metadata(config.dataset))
+    result = predictor.predict(predictor.variables_here(variables), np.zeros((70, 90, 3), np.uint8))
+    instances = result["instances"]
+    assert result["semantic_map"].shape == (70, 90) and instances["masks"].shape == (5, 70, 90)
+    # the synthetic set's things are classes 4-6: only those are kept
+    np.testing.assert_array_equal(instances["kept"], np.isin(instances["classes"], [4, 5, 6]))
+    assert ((instances["scores"] >= 0) & (instances["scores"] <= 1)).all()  # probability x mean mask probability
