@@ -77,7 +77,7 @@ class Predictor:
                              f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
         self.mesh = make_mesh(jax.local_devices())
-        self._predict = jax.jit(self._predict_fn, static_argnames="canvas")
+        self._predict = jax.jit(self._predict_fn, static_argnames=("canvas", "instances"))
 
     # ---- on device ----
 
@@ -111,10 +111,11 @@ class Predictor:
             count = count.at[y:y + window[0], x0:x0 + window[1]].add(1.0)
         return (total / count)[:, :, :height, :width]
 
-    def _predict_fn(self, variables, images, sizes, original_sizes, flips, canvas):
+    def _predict_fn(self, variables, images, sizes, original_sizes, flips, canvas, instances):
         """images uint8 [B, H, W, 3] (padded); sizes, original_sizes int [B, 2]; flips bool [B] →
         "semantic" scores [B, K, Ho, Wo] at the original size, plus for panoptic "segment_map"
-        [B, Ho, Wo] / "segment_classes" [B, Q], for instance "instances" (inference.instance_inference)."""
+        [B, Ho, Wo] / "segment_classes" [B, Q], and for the instance task with `instances`
+        "instances" (inference.instance_inference)."""
         if self.config.eval.sliding_window:
             scores = self._sliding_window(variables, images, sizes)
             return {"semantic": inference.resize_to_original(scores, sizes, original_sizes, canvas, flips)}
@@ -130,7 +131,7 @@ class Predictor:
             result["segment_map"], result["segment_classes"] = inference.panoptic_inference(
                 class_logits, masks, valid, is_thing, self.config.inference.object_mask_threshold,
                 self.config.inference.overlap_threshold)
-        else:
+        elif instances:
             result["instances"] = inference.instance_inference(
                 class_logits, masks, valid, self.config.inference.top_k, is_thing if self.metadata.is_thing.any() else None)
         return result
@@ -142,9 +143,9 @@ class Predictor:
         spec = PartitionSpec("data") if len(array) % jax.local_device_count() == 0 else PartitionSpec()
         return jax.device_put(array, NamedSharding(self.mesh, spec))
 
-    def _predict_views(self, variables, views, original_size, flips, canvas):
+    def _predict_views(self, variables, views, original_size, flips, canvas, instances=False):
         """Predictions for a list of images padded into one batch (padded with copies of the first
-        to a multiple of the device count)."""
+        to a multiple of the device count); instance results only when `instances` (not scored)."""
         divisor = self.config.dataset.size_divisibility or 1
         pad = tuple(_round_up(max(view.shape[axis] for view in views), divisor) for axis in (0, 1))
         count = _round_up(len(views), jax.local_device_count())
@@ -155,7 +156,8 @@ class Predictor:
         sizes = np.asarray([view.shape[:2] for view in views], np.int32)
         original = np.resize(np.asarray(original_size, np.int32), (count, 2))
         flips = np.resize(np.asarray(flips, bool), count)
-        return self._predict(variables, *map(self._put, (images, sizes, original, flips)), canvas=canvas)
+        return self._predict(variables, *map(self._put, (images, sizes, original, flips)), canvas=canvas,
+                             instances=instances)
 
     def canvas(self, height: int, width: int) -> tuple[int, int]:
         """The canvas that holds an original size: rounded up to eval.canvas_divisibility."""
@@ -184,7 +186,8 @@ class Predictor:
         view = transforms.resize_image(image, *transforms.resized_shape(height, width, dataset.min_size_test,
                                                                         dataset.max_size_test))
         with jax.set_mesh(self.mesh):
-            outputs = self._predict_views(variables, [view], [(height, width)], [False], self.canvas(height, width))
+            outputs = self._predict_views(variables, [view], [(height, width)], [False], self.canvas(height, width),
+                                          instances=True)
             outputs["semantic"] = outputs["semantic"].argmax(1)  # on device: the scores are K full-size maps
             outputs = jax.device_get(outputs)
         result = {"semantic_map": outputs["semantic"][0, :height, :width]}
@@ -253,7 +256,6 @@ class Evaluator(Predictor):
         else:
             predictions = self._predict_views(variables, [example["views"][0] for example in examples], original,
                                               [False] * len(examples), canvas)
-            predictions.pop("instances", None)
         count = len(predictions["semantic"])
         segments = np.full((count, *canvas), -1, np.int32)
         classes = np.full((count, self.config.eval.max_segments), -1, np.int32)

@@ -12,16 +12,15 @@ from typing import Iterator, Mapping
 
 import ml_collections
 
-from maskformer_jax.weights.detectron2 import resnet_rules, swin_rules
+from maskformer_jax.weights.detectron2 import SKIPPED_SUFFIXES, resnet_rules, swin_rules
 from maskformer_jax.weights.rules import Rule, conv_frozen_bn, convert_state_dict
 
 SOURCES = ("torchvision", "swin")
 
 # Source tensors that no backbone variable needs: the classifier heads (detectron2's conversion of a
-# torchvision file renames fc to stem.fc), Swin's final LayerNorm in front of its head, and buffers
-# that our model recomputes (BatchNorm step counters, Swin's relative position index and shift mask).
+# torchvision file renames fc to stem.fc) and Swin's final LayerNorm in front of its head; plus the
+# buffers our model recomputes (detectron2.SKIPPED_SUFFIXES).
 SKIPPED_PREFIXES = {"resnet": ("fc.", "stem.fc."), "swin": ("head.", "norm.")}
-SKIPPED_SUFFIXES = ("num_batches_tracked", "relative_position_index", "attn_mask")
 
 # caffe2 (MSRA) names, as in detectron2's ImageNetPretrained/MSRA/R-50.pkl: res2_0_branch2a_w, conv1_w.
 _CAFFE2_NAME = re.compile(r"res\d+_\d+_branch|res_conv1_bn_|conv1_[wb]$|fc1000_")
