@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from maskformer_jax.models.conv import Conv
 from maskformer_jax.models.pixel_decoder import PixelDecoder, c2_xavier_fill
 from maskformer_jax.models.resnet import ResNet
 from maskformer_jax.models.swin import Swin
@@ -63,7 +64,7 @@ class MaskFormer(nn.Module):
         features = self.backbone(images, train=train)
         pixel_embeddings, decoder_input = self.pixel_decoder(features, train=train)
         if decoder_input.shape[-1] != self.hidden_dim or self.enforce_input_projection:
-            decoder_input = nn.Conv(
+            decoder_input = Conv(
                 self.hidden_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj"
             )(decoder_input)
         queries = self.query_decoder(decoder_input, train=train)  # [L, B, Q, C]

@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from maskformer_jax.models.conv import Conv
 from maskformer_jax.models.transformer import TransformerEncoder
 from maskformer_jax.resize import resize_nearest_legacy
 
@@ -27,7 +28,7 @@ class ConvGroupNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         pad = self.kernel_size // 2
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
             padding=((pad, pad), (pad, pad)),
@@ -64,7 +65,7 @@ class PixelDecoder(nn.Module):
         """
         decoder_input = features["res5"]
         if self.encoder_layers > 0:
-            x = nn.Conv(self.conv_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj")(
+            x = Conv(self.conv_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj")(
                 decoder_input.astype(self.dtype)
             )
             decoder_input = TransformerEncoder(
@@ -76,7 +77,7 @@ class PixelDecoder(nn.Module):
             lateral = ConvGroupNorm(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(lateral)
             y = lateral + resize_nearest_legacy(y, *lateral.shape[1:3])
             y = ConvGroupNorm(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y)
-        pixel_embeddings = nn.Conv(
+        pixel_embeddings = Conv(
             self.mask_dim,
             (3, 3),
             padding=((1, 1), (1, 1)),

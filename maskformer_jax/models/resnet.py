@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from maskformer_jax.models.conv import Conv
+
 
 class FrozenBatchNorm(nn.Module):
     """BatchNorm with statistics and affine folded into a fixed per-channel `scale` and `bias`.
@@ -40,7 +42,7 @@ class ConvNorm(nn.Module):
     def __call__(self, x):
         # Symmetric padding as in PyTorch: Flax "SAME" pads asymmetrically at stride 2.
         pad = self.dilation * (self.kernel_size - 1) // 2
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
             strides=self.stride,

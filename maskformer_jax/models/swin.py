@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskformer_jax.models.conv import Conv
+
 # Swin and the official configs use PyTorch's LayerNorm epsilon (Flax's default is 1e-6).
 LAYER_NORM_EPSILON = 1e-5
 _trunc_normal = nn.initializers.truncated_normal(0.02)
@@ -164,7 +166,7 @@ class Swin(nn.Module):
         h, w = x.shape[1:3]
         p = self.patch_size
         x = jnp.pad(x, ((0, 0), (0, (-h) % p), (0, (-w) % p), (0, 0)))
-        x = nn.Conv(self.embed_dim, (p, p), strides=p, padding="VALID", dtype=self.dtype, name="patch_embed")(x)
+        x = Conv(self.embed_dim, (p, p), strides=p, padding="VALID", dtype=self.dtype, name="patch_embed")(x)
         x = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="patch_norm")(x)
         # Drop-path rates rise linearly from 0 to drop_path_rate over all blocks.
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()

@@ -1,0 +1,80 @@
+"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is one matrix product.
+
+XLA's CPU backend computes a convolution's kernel gradient as another convolution whose window is the
+whole feature map; for the 3x3 convolutions of the pixel decoder (256 channels at stride 4) that is
+5x slower than the forward pass, and for 1x1 convolutions at large resolutions 5-9x slower than the
+same product written as a matmul. Here the kernel gradient is one product of the input's patches with
+the output gradient, [B·h·w, kh·kw·C]ᵀ @ [B·h·w, O]; the forward pass and the input gradient stay
+XLA's own. Values equal the plain convolution's up to float rounding; the saved residuals are the same.
+
+Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Only the NHWC/HWIO,
+undilated, ungrouped case is rewritten; anything else goes to `lax.conv_general_dilated` unchanged.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_LAYOUT = ("NHWC", "HWIO", "NHWC")
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _LAYOUT)
+
+
+def _plain(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_LAYOUT)
+
+
+def kernel_gradient(x, grad, kernel_shape, strides, padding):
+    """∂loss/∂kernel of a NHWC/HWIO convolution. x: [B, H, W, C]; grad: [B, h, w, O] → [kh, kw, C, O]."""
+    kh, kw, _, _ = kernel_shape
+    height, width = grad.shape[1:3]
+    (sh, sw), ((top, bottom), (left, right)) = strides, padding
+    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    taps = [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, -1)  # [B, h, w, kh·kw·C]
+    product = jnp.einsum("bhwk,bhwo->ko", patches, grad, preferred_element_type=jnp.float32)
+    return product.reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, padding):
+    return _plain(x, kernel, strides, padding)
+
+
+def _conv_forward(x, kernel, strides, padding):
+    return _plain(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_backward(strides, padding, residuals, grad):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _plain(x, kernel, strides, padding), x)
+    grad_kernel = kernel_gradient(x, grad, kernel.shape, strides, padding)
+    return input_vjp(grad)[0], grad_kernel.astype(kernel.dtype)
+
+
+_conv.defvjp(_conv_forward, _conv_backward)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+    """`lax.conv_general_dilated` with the matmul kernel gradient above for plain NHWC/HWIO convolutions."""
+    plain = (
+        lhs.ndim == 4
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
+        and all(d == 1 for d in (lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+        and feature_group_count == 1 and batch_group_count == 1 and precision is None and preferred_element_type is None
+    )
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+
+
+# `nn.Conv` with the matmul kernel gradient; parameters and outputs are nn.Conv's.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)

@@ -1,0 +1,55 @@
+"""The convolution with a matmul kernel gradient equals lax's convolution, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from maskformer_jax.models.conv import Conv, conv_general_dilated
+
+LAYOUT = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation",
+    [
+        (1, 1, ((0, 0), (0, 0)), 1),  # ResNet 1x1
+        (1, 2, ((0, 0), (0, 0)), 1),  # strided shortcut projection
+        (3, 1, ((1, 1), (1, 1)), 1),  # pixel decoder / bottleneck 3x3
+        (3, 2, ((1, 1), (1, 1)), 1),  # strided 3x3: the last padded row is never read
+        (7, 2, ((3, 3), (3, 3)), 1),  # ResNet stem
+        (4, 4, "VALID", 1),  # Swin patch embedding
+        (3, 1, "SAME", 1),
+        (3, 1, ((2, 2), (2, 2)), 2),  # dilated (R101c res5): falls back to lax
+    ],
+)
+def test_values_and_gradients_equal_lax(kernel, stride, padding, dilation):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (2, 13, 11, 5))
+    w = jax.random.normal(keys[1], (kernel, kernel, 5, 6))
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=LAYOUT)
+        return jnp.sum(y * jax.random.normal(keys[2], y.shape)), y
+
+    (ours, y_ours), grads_ours = jax.value_and_grad(loss, (1, 2), has_aux=True)(conv_general_dilated, x, w)
+    (ref, y_ref), grads_ref = jax.value_and_grad(loss, (1, 2), has_aux=True)(lax.conv_general_dilated, x, w)
+    np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    for ours_grad, ref_grad in zip(grads_ours, grads_ref):
+        np.testing.assert_allclose(ours_grad, ref_grad, rtol=1e-4, atol=1e-4)
+    rewritten = "custom_vjp_call" in str(jax.make_jaxpr(lambda x, w: loss(conv_general_dilated, x, w))(x, w))
+    assert rewritten == (dilation == 1)
+
+
+def test_flax_module_keeps_parameters_and_bfloat16_gradient_dtype():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 4))
+    ours, ref = Conv(3, (3, 3), dtype=jnp.bfloat16), nn.Conv(3, (3, 3), dtype=jnp.bfloat16)
+    params = ours.init(jax.random.PRNGKey(1), x)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(ours.apply)(params, x))
+    assert jax.tree.map(jnp.shape, params) == {"params": {"kernel": (3, 3, 4, 3), "bias": (3,)}}
+    grads = jax.grad(lambda p: jnp.sum(ours.apply(p, x).astype(jnp.float32) ** 2))(params)
+    assert grads["params"]["kernel"].dtype == jnp.float32
+    ref_grads = jax.grad(lambda p: jnp.sum(ref.apply(p, x).astype(jnp.float32) ** 2))(params)
+    np.testing.assert_allclose(grads["params"]["kernel"], ref_grads["params"]["kernel"], rtol=0.05, atol=0.05)
