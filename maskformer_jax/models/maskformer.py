@@ -81,13 +81,14 @@ class MaskFormer(nn.Module):
         }
 
 
-def build_backbone(config: ml_collections.ConfigDict, dtype) -> nn.Module:
+def build_backbone(config: ml_collections.ConfigDict, dtype, remat: bool = False) -> nn.Module:
     """A ResNet or Swin from `config.model.backbone` (see configs/base.py for the presets)."""
     if config.name == "resnet":
         return ResNet(
             depths=tuple(config.depths),
             deep_stem=config.deep_stem,
             res5_multi_grid=tuple(config.res5_multi_grid),
+            remat=remat,
             dtype=dtype,
         )
     if config.name == "swin":
@@ -99,6 +100,7 @@ def build_backbone(config: ml_collections.ConfigDict, dtype) -> nn.Module:
             drop_path_rate=config.drop_path_rate,
             patch_size=config.patch_size,
             mlp_ratio=config.mlp_ratio,
+            remat=remat,
             dtype=dtype,
         )
     raise ValueError(f"config.model.backbone.name must be 'resnet' or 'swin', got {config.name!r}")
@@ -110,10 +112,11 @@ def build_model(config: ml_collections.ConfigDict) -> MaskFormer:
         raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     dtype = DTYPES[config.dtype]
     transformer = dict(
-        num_heads=config.num_heads, dim_feedforward=config.dim_feedforward, dropout=config.dropout, dtype=dtype
+        num_heads=config.num_heads, dim_feedforward=config.dim_feedforward, dropout=config.dropout,
+        remat=config.remat_decoder, dtype=dtype,
     )
     return MaskFormer(
-        backbone=build_backbone(config.backbone, dtype),
+        backbone=build_backbone(config.backbone, dtype, config.remat_backbone),
         pixel_decoder=PixelDecoder(
             conv_dim=config.conv_dim, mask_dim=config.mask_dim, encoder_layers=config.encoder_layers, **transformer
         ),

@@ -55,6 +55,7 @@ class PixelDecoder(nn.Module):
     num_heads: int = 8
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    remat: bool = False  # recompute each conv layer's (and encoder layer's) activations in the backward pass
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -63,20 +64,22 @@ class PixelDecoder(nn.Module):
 
         Returns (pixel_embeddings [B, H/4, W/4, mask_dim], decoder_input [B, H/32, W/32, C]).
         """
+        conv_class = nn.remat(ConvGroupNorm) if self.remat else ConvGroupNorm
         decoder_input = features["res5"]
         if self.encoder_layers > 0:
             x = Conv(self.conv_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj")(
                 decoder_input.astype(self.dtype)
             )
             decoder_input = TransformerEncoder(
-                self.encoder_layers, self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name="encoder"
+                self.encoder_layers, self.num_heads, self.dim_feedforward, self.dropout, self.remat, self.dtype,
+                name="encoder",
             )(x, train)
-        y = ConvGroupNorm(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input)
+        y = conv_class(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input)
         for level in (3, 2, 1):  # res4, res3, res2
             lateral = features[f"res{level + 1}"]
-            lateral = ConvGroupNorm(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(lateral)
+            lateral = conv_class(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(lateral)
             y = lateral + resize_nearest_legacy(y, *lateral.shape[1:3])
-            y = ConvGroupNorm(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y)
+            y = conv_class(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y)
         pixel_embeddings = Conv(
             self.mask_dim,
             (3, 3),

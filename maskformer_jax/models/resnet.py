@@ -83,6 +83,7 @@ class ResNet(nn.Module):
     depths: Sequence[int] = (3, 4, 6, 3)
     deep_stem: bool = False  # R101c: three 3x3 convs (64, 64, 128) instead of one 7x7 conv
     res5_multi_grid: Sequence[int] = (1, 1, 1)  # R101c: dilations (1, 2, 4) in res5's 3x3 convs
+    remat: bool = False  # recompute each block's activations in the backward pass (less memory)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -95,11 +96,12 @@ class ResNet(nn.Module):
         else:
             x = nn.relu(ConvNorm(64, 7, 2, dtype=self.dtype, name="stem_conv1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block_class = nn.remat(Bottleneck) if self.remat else Bottleneck
         features = {}
         for stage, depth in enumerate(self.depths):
             for block in range(depth):
                 is_res5 = stage == len(self.depths) - 1
-                x = Bottleneck(
+                x = block_class(
                     features=256 * 2**stage,
                     stride=2 if (block == 0 and stage > 0) else 1,
                     dilation=self.res5_multi_grid[block] if is_res5 else 1,

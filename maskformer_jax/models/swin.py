@@ -158,6 +158,7 @@ class Swin(nn.Module):
     drop_path_rate: float = 0.3
     patch_size: int = 4
     mlp_ratio: float = 4.0
+    remat: bool = False  # recompute each block's activations in the backward pass (less memory)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -170,10 +171,11 @@ class Swin(nn.Module):
         x = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="patch_norm")(x)
         # Drop-path rates rise linearly from 0 to drop_path_rate over all blocks.
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
+        block_class = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
         features = {}
         for stage, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             for block in range(depth):
-                x = SwinBlock(
+                x = block_class(
                     num_heads=heads,
                     window_size=self.window_size,
                     shift=0 if block % 2 == 0 else self.window_size // 2,

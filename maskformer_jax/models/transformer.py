@@ -139,14 +139,16 @@ class TransformerEncoder(nn.Module):
     num_heads: int = 8
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    remat: bool = False  # recompute each layer's activations in the backward pass
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features, train: bool = False):
         """features: [B, H, W, C] → [B, H, W, C]."""
         x, pos = tokens_and_positions(features, self.dtype)
+        layer_class = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
         for i in range(self.num_layers):
-            x = EncoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")(
+            x = layer_class(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")(
                 x, pos, train
             )
         return x.reshape(features.shape)
@@ -164,6 +166,7 @@ class QueryDecoder(nn.Module):
     num_heads: int = 8
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    remat: bool = False  # recompute each layer's activations in the backward pass
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -176,8 +179,9 @@ class QueryDecoder(nn.Module):
         x = jnp.zeros((b, self.num_queries, c), self.dtype)
         final_norm = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="norm")
         outputs = []
+        layer_class = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
         for i in range(self.num_layers):
-            layer = DecoderLayer(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")
+            layer = layer_class(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")
             x = layer(x, query_pos, memory, memory_pos, train)
             outputs.append(final_norm(x))
         return jnp.stack(outputs)
