@@ -81,12 +81,16 @@ class Predictor:
 
     # ---- on device ----
 
+    @staticmethod
+    def _model_input(images, sizes):
+        """Normalised images [B, H, W, 3], zero outside each image's size (the reference pads after normalising)."""
+        inside = inference.canvas_mask(sizes, images.shape[1:3])
+        return jnp.where(inside[..., None], normalize(images), 0.0)
+
     def _forward(self, variables, images, sizes):
         """Last-layer class logits [B, Q, K+1] and mask logits upsampled to the padded input [B, Q, H, W]."""
         height, width = images.shape[1:3]
-        inside = inference.canvas_mask(sizes, (height, width))
-        x = jnp.where(inside[..., None], normalize(images), 0.0)  # the reference pads normalised images with 0
-        outputs = self.model.apply(variables, x)
+        outputs = self.model.apply(variables, self._model_input(images, sizes))
         masks = resize_bilinear(outputs["mask_logits"][-1].astype(jnp.float32), height, width)
         return outputs["class_logits"][-1], masks
 
@@ -95,7 +99,7 @@ class Predictor:
         window = tuple(self.config.dataset.image_size)
         stride = tuple(self.config.eval.window_stride) or tuple(max(1, 2 * w // 3) for w in window)
         height, width = images.shape[1:3]
-        x = jnp.where(inference.canvas_mask(sizes, (height, width))[..., None], normalize(images), 0.0)
+        x = self._model_input(images, sizes)
         padded = (max(height, window[0]), max(width, window[1]))
         x = jnp.pad(x, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
         offsets = [(y, x0) for y in window_offsets(padded[0], window[0], stride[0])
@@ -249,7 +253,8 @@ class Evaluator(Predictor):
         return total / (len(flips) * len(example["views"]))
 
     def _run(self, variables, examples, canvas, keep_maps):
-        """Predictions and metric sums for examples of one bucket (one example with test-time augmentation)."""
+        """Metric sums (and with `keep_maps` the predicted maps) for examples of one bucket (one example
+        with test-time augmentation), with the padded ground-truth "gt_classes" / "gt_crowd" [B, S]."""
         original = [(example["height"], example["width"]) for example in examples]
         if self.config.eval.tta:
             predictions = {"semantic": self.augmented_scores(variables, examples[0], canvas)}
@@ -259,13 +264,16 @@ class Evaluator(Predictor):
         count = len(predictions["semantic"])
         segments = np.full((count, *canvas), -1, np.int32)
         classes = np.full((count, self.config.eval.max_segments), -1, np.int32)
+        crowd = np.zeros(classes.shape, bool)
         for i, example in enumerate(examples):
             segments[i, :example["height"], :example["width"]] = example["segments"]
             classes[i, :len(example["classes"])] = example["classes"]
+            crowd[i, :len(example["iscrowd"])] = example["iscrowd"]
         original = np.resize(np.asarray(original, np.int32), (count, 2))
         example_valid = np.arange(count) < len(examples)
         targets = map(self._put, (segments, classes, original, example_valid))
-        return jax.device_get(self._score(predictions, *targets, keep_maps=keep_maps))
+        result = jax.device_get(self._score(predictions, *targets, keep_maps=keep_maps))
+        return dict(result, gt_classes=classes, gt_crowd=crowd)
 
     def accumulate(self, variables, output_dir=None, log=print):
         """This process's metric sums: confusion int64 [K, K] and panoptic statistics float64 [K, 4]
@@ -274,7 +282,6 @@ class Evaluator(Predictor):
         variables = self.variables_here(variables)
         save = bool(output_dir) and self.config.eval.save_predictions
         writer = PredictionWriter(output_dir, self.metadata, self.task == "panoptic", jax.process_index()) if save else None
-        slots = self.config.eval.max_segments
         confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         statistics = np.zeros((self.num_classes, len(metrics.PQ_FIELDS)))
         dataset = eval_pipeline(self.config, self.source)
@@ -286,10 +293,9 @@ class Evaluator(Predictor):
             confusion += result["confusion"]
             for i, example in enumerate(group):
                 if "contingency" in result:
-                    classes, crowd = np.full(slots, -1), np.zeros(slots, bool)
-                    classes[:len(example["classes"])], crowd[:len(example["iscrowd"])] = example["classes"], example["iscrowd"]
-                    statistics += metrics.panoptic_statistics(
-                        result["contingency"][i], classes, crowd, result["segment_classes"][i], self.num_classes)
+                    statistics += metrics.panoptic_statistics(result["contingency"][i], result["gt_classes"][i],
+                                                              result["gt_crowd"][i], result["segment_classes"][i],
+                                                              self.num_classes)
                 if writer is not None:
                     crop = (slice(0, example["height"]), slice(0, example["width"]))
                     panoptic = (result["segment_map"][i][crop], result["segment_classes"][i]) if "segment_map" in result else ()

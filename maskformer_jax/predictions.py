@@ -32,19 +32,22 @@ def id_to_rgb(ids):
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
-def write_png(path, array):
-    """Write an image atomically; uint16 arrays become 16-bit greyscale PNGs."""
+def _write_atomically(path, write):
+    """Call `write(temporary_path)`, then rename the file to `path`: readers never see part of it."""
     path = pathlib.Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(temporary, format="PNG")
+    write(temporary)
     os.replace(temporary, path)
+
+
+def write_png(path, array):
+    """Write an image atomically; uint16 arrays become 16-bit greyscale PNGs."""
+    _write_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
 
 
 def write_json(path, data):
-    path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)
+    """Write JSON atomically."""
+    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data)))
 
 
 def coco_image_id(image_id: str):

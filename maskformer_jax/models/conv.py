@@ -18,12 +18,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-_LAYOUT = ("NHWC", "HWIO", "NHWC")
-_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _LAYOUT)
+_NHWC = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
 
 def _plain(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_LAYOUT)
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
 
 def kernel_gradient(x, grad, kernel_shape, strides, padding):

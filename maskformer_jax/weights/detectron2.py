@@ -14,7 +14,8 @@ from typing import Iterator, Mapping
 import ml_collections
 import numpy as np
 
-from maskformer_jax.weights.rules import Rule, conv, conv_frozen_bn, convert_state_dict, dense, linear, norm, same, to_numpy
+from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict, dense,
+                                          linear, norm, same, to_numpy)
 
 # Buffers that no Flax variable needs: BatchNorm counters, Swin's derived index and mask tables, the
 # loss's class weights and the input normalisation (ours lives in the data pipeline).
@@ -78,8 +79,7 @@ def swin_rules(backbone_config: ml_collections.ConfigDict, prefix: str, out_norm
     `D2SwinTransformer` (ImageNet classification checkpoints have none).
     """
     target = ("params", "backbone")
-    yield Rule(target + ("patch_embed", "kernel"), [f"{prefix}patch_embed.proj.weight"], conv)
-    yield Rule(target + ("patch_embed", "bias"), [f"{prefix}patch_embed.proj.bias"], same)
+    yield from conv_with_bias(target + ("patch_embed",), f"{prefix}patch_embed.proj")
     yield from norm(target + ("patch_norm",), f"{prefix}patch_embed.norm")
     for stage, depth in enumerate(backbone_config.depths):
         layer = f"{prefix}layers.{stage}."
@@ -138,12 +138,6 @@ def _multihead_attention_rules(path, prefix, num_heads) -> Iterator[Rule]:
     yield Rule(path + ("out", "bias"), [f"{prefix}.out_proj.bias"], same)
 
 
-def _conv_rules(path, prefix) -> Iterator[Rule]:
-    """A detectron2 Conv2d with bias and no norm."""
-    yield Rule(path + ("kernel",), [f"{prefix}.weight"], conv)
-    yield Rule(path + ("bias",), [f"{prefix}.bias"], same)
-
-
 def pixel_decoder_rules(
     model_config: ml_collections.ConfigDict, prefix: str = PIXEL_DECODER_PREFIX
 ) -> Iterator[Rule]:
@@ -155,11 +149,10 @@ def pixel_decoder_rules(
     target = ("params", "pixel_decoder")
     names = ["layer_4"] + [f"{kind}_{level}" for level in (3, 2, 1) for kind in ("adapter", "layer")]
     for name in names:
-        yield Rule(target + (name, "conv", "kernel"), [f"{prefix}{name}.weight"], conv)
-        yield from norm(target + (name, "norm"), f"{prefix}{name}.norm")
-    yield from _conv_rules(target + ("mask_features",), f"{prefix}mask_features")
+        yield from conv_group_norm(target + (name,), f"{prefix}{name}", f"{prefix}{name}.norm")
+    yield from conv_with_bias(target + ("mask_features",), f"{prefix}mask_features")
     if model_config.encoder_layers > 0:
-        yield from _conv_rules(target + ("input_proj",), f"{prefix}input_proj")
+        yield from conv_with_bias(target + ("input_proj",), f"{prefix}input_proj")
         for i in range(model_config.encoder_layers):
             source = f"{prefix}transformer.encoder.layers.{i}."
             layer = target + ("encoder", f"layer{i}")
@@ -176,7 +169,7 @@ def predictor_rules(model_config: ml_collections.ConfigDict) -> Iterator[Rule]:
     yield Rule(queries + ("query_embed",), [PREDICTOR_PREFIX + "query_embed.weight"], same)
     # Only models whose decoder input width differs from hidden_dim (or that enforce it) have one;
     # the engine drops rules for variables the model lacks.
-    yield from _conv_rules(("params", "input_proj"), PREDICTOR_PREFIX + "input_proj")
+    yield from conv_with_bias(("params", "input_proj"), PREDICTOR_PREFIX + "input_proj")
     for i in range(model_config.decoder_layers):
         source = f"{PREDICTOR_PREFIX}transformer.decoder.layers.{i}."
         layer = queries + (f"layer{i}",)

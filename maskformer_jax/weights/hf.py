@@ -9,7 +9,8 @@ from typing import Iterator, Mapping
 import ml_collections
 import numpy as np
 
-from maskformer_jax.weights.rules import Rule, conv, conv_frozen_bn, convert_state_dict, dense, linear, norm, same
+from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict, dense,
+                                          linear, norm, same)
 
 # Source tensors that no Flax variable needs: derived buffers, the loss's class weights, and the final
 # LayerNorm of HF's Swin model, which no backbone output goes through.
@@ -43,8 +44,7 @@ def _swin_rules(config) -> Iterator[Rule]:
     prefix = "model.pixel_level_module.encoder."
     target = ("params", "backbone")
     embeddings = prefix + "model.embeddings."
-    yield Rule(target + ("patch_embed", "kernel"), [embeddings + "patch_embeddings.projection.weight"], conv)
-    yield Rule(target + ("patch_embed", "bias"), [embeddings + "patch_embeddings.projection.bias"], same)
+    yield from conv_with_bias(target + ("patch_embed",), embeddings + "patch_embeddings.projection")
     yield from norm(target + ("patch_norm",), embeddings + "norm")
     for stage, depth in enumerate(config.depths):
         layer = f"{prefix}model.encoder.layers.{stage}."
@@ -93,16 +93,14 @@ def _head_rules(config) -> Iterator[Rule]:
     decoder = "model.pixel_level_module.decoder."
     pixel = ("params", "pixel_decoder")
 
-    def conv_groupnorm(name, prefix):
-        yield Rule(pixel + (name, "conv", "kernel"), [f"{prefix}.0.weight"], conv)
-        yield from norm(pixel + (name, "norm"), f"{prefix}.1")
+    def conv_groupnorm(name, prefix):  # HF's Sequential(conv, GroupNorm, ...)
+        yield from conv_group_norm(pixel + (name,), f"{prefix}.0", f"{prefix}.1")
 
     yield from conv_groupnorm("layer_4", decoder + "fpn.stem")
     for i, level in enumerate((3, 2, 1)):  # HF orders the FPN layers from res4 down to res2
         yield from conv_groupnorm(f"adapter_{level}", f"{decoder}fpn.layers.{i}.proj")
         yield from conv_groupnorm(f"layer_{level}", f"{decoder}fpn.layers.{i}.block")
-    yield Rule(pixel + ("mask_features", "kernel"), [decoder + "mask_projection.weight"], conv)
-    yield Rule(pixel + ("mask_features", "bias"), [decoder + "mask_projection.bias"], same)
+    yield from conv_with_bias(pixel + ("mask_features",), decoder + "mask_projection")
 
     transformer = "model.transformer_module."
     queries = ("params", "query_decoder")
@@ -133,10 +131,7 @@ def conversion_rules(model_config: ml_collections.ConfigDict) -> Iterator[Rule]:
     backbone = model_config.backbone
     yield from (_resnet_rules if backbone.name == "resnet" else _swin_rules)(backbone)
     yield from _head_rules(model_config)
-    for name in ("weight", "bias"):
-        convert = conv if name == "weight" else same
-        param = "kernel" if name == "weight" else "bias"
-        yield Rule(("params", "input_proj", param), [f"model.transformer_module.input_projection.{name}"], convert)
+    yield from conv_with_bias(("params", "input_proj"), "model.transformer_module.input_projection")
 
 
 def variables_from_hf(state_dict: Mapping[str, object], model_config: ml_collections.ConfigDict) -> dict:

@@ -54,6 +54,18 @@ def norm(path, prefix):
     yield Rule(path + ("bias",), [f"{prefix}.bias"], same)
 
 
+def conv_with_bias(path, prefix):
+    """A convolution with a bias and no norm."""
+    yield Rule(path + ("kernel",), [f"{prefix}.weight"], conv)
+    yield Rule(path + ("bias",), [f"{prefix}.bias"], same)
+
+
+def conv_group_norm(path, conv_prefix, norm_prefix):
+    """A convolution without bias and its GroupNorm (our ConvGroupNorm: `conv` and `norm` inside `path`)."""
+    yield Rule(path + ("conv", "kernel"), [f"{conv_prefix}.weight"], conv)
+    yield from norm(path + ("norm",), norm_prefix)
+
+
 def conv_frozen_bn(path, conv_prefix, norm_prefix):
     """A convolution without bias and its frozen BatchNorm (folded into our scale and bias)."""
     yield Rule(("params",) + path + ("conv", "kernel"), [f"{conv_prefix}.weight"], conv)
