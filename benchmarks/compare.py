@@ -7,13 +7,15 @@ Each side runs in its own worker process (so peak memory is its own), alternatin
 rounds; every worker builds its model with random weights, compiles / warms up, then times --steps
 train steps (forward + matching + loss with deep supervision + backward + update) and inference
 steps (forward + semantic scores at the input size). Printed: median ms/step, images/s, peak memory
-of the timed steps (resident set on CPU, device allocator peak on GPU), the ratio ours/theirs, and
-our model FLOP utilisation (XLA's FLOP count of the step ÷ the matmul peak of benchmarks/peak.py).
+of the timed steps (resident set on CPU, after returning freed heap memory to the OS; device
+allocator peak on GPU), the ratio ours/theirs, and our model FLOP utilisation (XLA's FLOP count of
+the step ÷ the matmul peak of benchmarks/peak.py).
 Hugging Face's model is built from the equivalent config with `use_auxiliary_loss=True` and called
 with `output_hidden_states=True`, as the paper trains; it needs torch and transformers (test-only).
 """
 
 import argparse
+import ctypes
 import importlib
 import json
 import pathlib
@@ -42,6 +44,12 @@ def synthetic_batch(batch: int, size: int, targets: int, num_classes: int, seed:
 
 
 def _reset_peak_rss():
+    """Start a new peak-resident-set window. Memory freed by compilation and warm-up goes back to the OS
+    first (glibc's malloc_trim), so the window measures what the steps hold, not the allocator's cache."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set
     except OSError:

@@ -3,9 +3,10 @@
 XLA's CPU backend computes a convolution's kernel gradient as another convolution whose window is the
 whole feature map; for the 3x3 convolutions of the pixel decoder (256 channels at stride 4) that is
 5x slower than the forward pass, and for 1x1 convolutions at large resolutions 5-9x slower than the
-same product written as a matmul. Here the kernel gradient is one product of the input's patches with
-the output gradient, [B·h·w, kh·kw·C]ᵀ @ [B·h·w, O]; the forward pass and the input gradient stay
-XLA's own. Values equal the plain convolution's up to float rounding; the saved residuals are the same.
+same product written as a matmul. Here the kernel gradient is one matmul per kernel tap of the
+shifted input with the output gradient (no [B, h, w, kh·kw·C] patch tensor); the forward pass and
+the input gradient stay XLA's own. Values equal the plain convolution's up to float rounding; the
+saved residuals are the same.
 
 Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Only the NHWC/HWIO,
 undilated, ungrouped case is rewritten; anything else goes to `lax.conv_general_dilated` unchanged.
@@ -26,15 +27,22 @@ def _plain(x, kernel, strides, padding):
 
 
 def kernel_gradient(x, grad, kernel_shape, strides, padding):
-    """∂loss/∂kernel of a NHWC/HWIO convolution. x: [B, H, W, C]; grad: [B, h, w, O] → [kh, kw, C, O]."""
-    kh, kw, _, _ = kernel_shape
+    """∂loss/∂kernel of a NHWC/HWIO convolution. x: [B, H, W, C]; grad: [B, h, w, O] → [kh, kw, C, O].
+
+    One product per kernel tap, [B·h·w, C]ᵀ @ [B·h·w, O], over the input shifted by that tap. A
+    product over positions needs one operand transposed: the output gradient when it has no more
+    channels than the input (transposed once, shared by all taps), else each tap of the input.
+    """
+    kh, kw, channels, out = kernel_shape
     height, width = grad.shape[1:3]
     (sh, sw), ((top, bottom), (left, right)) = strides, padding
     x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     taps = [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(taps, -1)  # [B, h, w, kh·kw·C]
-    product = jnp.einsum("bhwk,bhwo->ko", patches, grad, preferred_element_type=jnp.float32)
-    return product.reshape(kernel_shape)
+    if out <= channels:
+        products = [jnp.einsum("bhwo,bhwc->oc", grad, tap, preferred_element_type=jnp.float32).T for tap in taps]
+    else:
+        products = [jnp.einsum("bhwc,bhwo->co", tap, grad, preferred_element_type=jnp.float32) for tap in taps]
+    return jnp.stack(products).reshape(kernel_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
