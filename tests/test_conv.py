@@ -25,10 +25,11 @@ LAYOUT = ("NHWC", "HWIO", "NHWC")
         (3, 1, ((2, 2), (2, 2)), 2),  # dilated (R101c res5): falls back to lax
     ],
 )
-def test_values_and_gradients_equal_lax(kernel, stride, padding, dilation):
+@pytest.mark.parametrize("out_channels", [3, 6])  # fewer than the 5 input channels, or more
+def test_values_and_gradients_equal_lax(kernel, stride, padding, dilation, out_channels):
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(keys[0], (2, 13, 11, 5))
-    w = jax.random.normal(keys[1], (kernel, kernel, 5, 6))
+    w = jax.random.normal(keys[1], (kernel, kernel, 5, out_channels))
 
     def loss(conv, x, w):
         y = conv(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=LAYOUT)
