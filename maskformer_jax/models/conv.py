@@ -1,4 +1,4 @@
-"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is one matrix product.
+"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is computed with matmuls.
 
 XLA's CPU backend computes a convolution's kernel gradient as another convolution whose window is the
 whole feature map; for the 3x3 convolutions of the pixel decoder (256 channels at stride 4) that is
