@@ -10,9 +10,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax import lax
 
 from maskformer_jax.matching import PAIRWISE_MASK_COSTS, SOLVERS, match, matching_cost
 from maskformer_jax.resize import bilinear_taps, resize_bilinear, sample_bilinear
+
+
+def pixel_sum(x):
+    """Σ over the last axis, [..., P] → [...].
+
+    The `reduce_precision` to x's own format changes no value. It keeps XLA's CPU backend (jax 0.10)
+    from handing a sum of products to YNNPACK, which runs it 10-20x slower than XLA's own loop (37 vs
+    2 ms for [10, 512²]); elsewhere it is one free elementwise op.
+    """
+    info = jnp.finfo(x.dtype)
+    return jnp.sum(lax.reduce_precision(x, info.nexp, info.nmant), -1)
 
 
 def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
@@ -20,18 +32,19 @@ def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.0)
     prob = jax.nn.sigmoid(logits)
     p_t = prob * targets + (1 - prob) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return jnp.mean(alpha_t * (1 - p_t) ** gamma * optax.sigmoid_binary_cross_entropy(logits, targets), -1)
+    loss = alpha_t * (1 - p_t) ** gamma * optax.sigmoid_binary_cross_entropy(logits, targets)
+    return pixel_sum(loss) / logits.shape[-1]
 
 
 def dice_loss(logits, targets):
     """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) over the last axis. logits, targets: [..., P] → [...]."""
     prob = jax.nn.sigmoid(logits)
-    return 1 - (2 * jnp.sum(prob * targets, -1) + 1) / (jnp.sum(prob, -1) + jnp.sum(targets, -1) + 1)
+    return 1 - (2 * pixel_sum(prob * targets) + 1) / (pixel_sum(prob) + pixel_sum(targets) + 1)
 
 
 def sigmoid_ce_loss(logits, targets):
     """Sigmoid cross-entropy averaged over the last axis. logits, targets: [..., P] → [...]."""
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), -1)
+    return pixel_sum(optax.sigmoid_binary_cross_entropy(logits, targets)) / logits.shape[-1]
 
 
 MASK_LOSSES = {"focal": sigmoid_focal_loss, "dice": dice_loss, "bce": sigmoid_ce_loss}

@@ -9,6 +9,7 @@
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 
@@ -27,9 +28,42 @@ def resize_nearest_legacy(x, height: int, width: int):
     return x[:, :, legacy_nearest_index(x.shape[2], width)]
 
 
+def _upsample_axis(x, axis: int, factor: int):
+    """Bilinear upsampling (half-pixel centres, edge-clamped) by an integer factor along one axis.
+
+    Output position factor·i + r samples x at i + offset_r, offset_r = (r + 0.5) / factor - 0.5, so
+    each phase r is a fixed blend of two neighbouring slices: a few multiply-adds per output instead
+    of the dense [out, in] weight matrix of `jax.image.resize`, and the same for the gradient.
+    """
+    size = x.shape[axis]
+    first, last = lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, size - 1, size, axis=axis)
+    previous = jnp.concatenate([first, lax.slice_in_dim(x, 0, size - 1, axis=axis)], axis)  # x[max(i-1, 0)]
+    following = jnp.concatenate([lax.slice_in_dim(x, 1, size, axis=axis), last], axis)  # x[min(i+1, size-1)]
+    shifted = (previous, x, following)
+    phases = []
+    for r in range(factor):
+        offset = (r + 0.5) / factor - 0.5
+        low, high, weight = (shifted[0], shifted[1], 1 + offset) if offset < 0 else (shifted[1], shifted[2], offset)
+        phases.append(low * (1 - weight) + high * weight)
+    stacked = jnp.stack(phases, axis=axis + 1)
+    return stacked.reshape(x.shape[:axis] + (size * factor,) + x.shape[axis + 1:])
+
+
 def resize_bilinear(x, height: int, width: int):
-    """[..., h, w] → [..., height, width], bilinear with half-pixel centres (align_corners=False)."""
-    return jax.image.resize(x, x.shape[:-2] + (height, width), method="bilinear")
+    """[..., h, w] → [..., height, width], bilinear with half-pixel centres (align_corners=False).
+
+    Integer upsampling factors (the mask upsampling of losses and inference) take a cheap separable
+    path; any other size goes to `jax.image.resize`, without antialiasing, as PyTorch.
+    """
+    h, w = x.shape[-2:]
+    if height % h or width % w or height < h or width < w:
+        return jax.image.resize(x, x.shape[:-2] + (height, width), method="bilinear", antialias=False)
+    # Width first: interleaving along the minor axis is the slow part, so do it on the smaller array.
+    if width != w:
+        x = _upsample_axis(x, x.ndim - 1, width // w)
+    if height != h:
+        x = _upsample_axis(x, x.ndim - 2, height // h)
+    return x
 
 
 def bilinear_taps(height: int, width: int, points):

@@ -73,7 +73,9 @@ class MaskFormer(nn.Module):
         mask_embeddings = MaskEmbedding(self.hidden_dim, pixel_embeddings.shape[-1], self.dtype, name="mask_embed")(
             queries
         )
-        mask_logits = jnp.einsum("lbqc,bhwc->lbqhw", mask_embeddings, pixel_embeddings)
+        # One product per layer, stacked: each is a plain batched matmul in [B, Q, h, w] layout (no
+        # transpose), and inference, which keeps only the last layer, computes only that one.
+        mask_logits = jnp.stack([jnp.einsum("bqc,bhwc->bqhw", e, pixel_embeddings) for e in mask_embeddings])
         return {
             "class_logits": class_logits.astype(jnp.float32),
             "mask_logits": mask_logits.astype(jnp.float32),
