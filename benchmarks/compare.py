@@ -1,15 +1,16 @@
 """Our train and inference steps side by side with Hugging Face's PyTorch MaskFormer, same machine.
 
     python benchmarks/compare.py --config ade20k_r50 --batch 2 --size 256 [--dtype float32|bfloat16]
-        [--rounds 3] [--steps 5] [--targets 10]
+        [--steps 6] [--targets 10]
 
-Each side runs in its own worker process (so peak memory is its own), alternating for --rounds
-rounds; every worker builds its model with random weights, compiles / warms up, then times --steps
-train steps (forward + matching + loss with deep supervision + backward + update) and inference
-steps (forward + semantic scores at the input size). Printed: median ms/step, images/s, peak memory
-of the timed steps (resident set on CPU, after returning freed heap memory to the OS; device
-allocator peak on GPU), the ratio ours/theirs, and our model FLOP utilisation (XLA's FLOP count of
-the step ÷ the matmul peak of benchmarks/peak.py).
+Each side runs in its own worker process (so peak memory is its own). Both workers build their model
+with random weights, compile and warm up, then take turns one step at a time, the side that goes first
+alternating, so that a machine whose speed drifts (a shared virtual machine) slows both alike. Timed:
+--steps train steps (forward + matching + loss with deep supervision + backward + update), then
+--steps inference steps (forward + semantic scores at the input size). Printed: median ms/step,
+images/s, peak memory of the timed steps (resident set on CPU, after returning freed heap memory to
+the OS; device allocator peak on GPU), the ratio ours/theirs, and our model FLOP utilisation (XLA's
+FLOP count of the step ÷ the matmul peak of benchmarks/peak.py).
 Hugging Face's model is built from the equivalent config with `use_auxiliary_loss=True` and called
 with `output_hidden_states=True`, as the paper trains; it needs torch and transformers (test-only).
 """
@@ -21,11 +22,13 @@ import json
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPLY = "@reply"  # marks a worker's answers on stdout, apart from anything a library prints there
 sys.path.insert(0, str(ROOT))
 
 
@@ -63,16 +66,26 @@ def _peak_rss_bytes() -> int:
     return 0
 
 
-def _timed(step, count: int) -> list[float]:
-    times = []
-    for _ in range(count):
+def serve(steps: dict, reset_peak, final_stats) -> None:
+    """A worker's loop: warm up every step, start the peak-memory window, then run the step named on each
+    line of stdin and answer its milliseconds on stdout; "done" answers `final_stats()` and returns."""
+    for _ in range(2):
+        for step in steps.values():
+            step()
+    _reset_peak_rss()
+    reset_peak()
+    print(f"{REPLY} ready", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "done":
+            print(f"{REPLY} {json.dumps(final_stats())}", flush=True)
+            return
         start = time.perf_counter()
-        step()
-        times.append(1e3 * (time.perf_counter() - start))
-    return times
+        steps[name]()
+        print(f"{REPLY} {1e3 * (time.perf_counter() - start)}", flush=True)
 
 
-def run_ours(args) -> dict:
+def run_ours(args) -> None:
     import jax
 
     from maskformer_jax.inference import semantic_scores
@@ -110,16 +123,14 @@ def run_ours(args) -> dict:
             variables = {"params": holder["state"].params, "frozen": holder["state"].frozen}
             infer(variables, batch["image"]).block_until_ready()
 
-        for _ in range(2):
-            train(), inference()
         device = jax.devices()[0]
-        _reset_peak_rss()
-        train_ms = _timed(train, args.steps)
-        infer_ms = _timed(inference, args.steps)
-    stats = device.memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use") or _peak_rss_bytes()
-    return {"train_ms": train_ms, "infer_ms": infer_ms, "peak_bytes": peak, "train_flops": float(cost.get("flops", 0.0)),
-            "device": str(device), "backend": jax.default_backend()}
+
+        def final_stats():
+            peak = (device.memory_stats() or {}).get("peak_bytes_in_use") or _peak_rss_bytes()
+            return {"peak_bytes": peak, "train_flops": float(cost.get("flops", 0.0)), "device": str(device),
+                    "backend": jax.default_backend()}
+
+        serve({"train": train, "infer": inference}, lambda: None, final_stats)
 
 
 def hf_config(config, num_classes: int):
@@ -137,7 +148,7 @@ def hf_config(config, num_classes: int):
     return MaskFormerConfig(backbone_config=backbone_config, num_labels=num_classes, use_auxiliary_loss=True)
 
 
-def run_theirs(args) -> dict:
+def run_theirs(args) -> None:
     import torch
     from transformers import MaskFormerForInstanceSegmentation
 
@@ -179,25 +190,42 @@ def run_theirs(args) -> dict:
             torch.einsum("bqk,bqhw->bkhw", probs, mask)
         sync()
 
-    for _ in range(2):
-        train(), inference()
-    _reset_peak_rss()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    train_ms = _timed(train, args.steps)
-    infer_ms = _timed(inference, args.steps)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss_bytes()
-    return {"train_ms": train_ms, "infer_ms": infer_ms, "peak_bytes": peak, "device": str(device),
-            "threads": torch.get_num_threads()}
+    def final_stats():
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss_bytes()
+        return {"peak_bytes": peak, "device": str(device), "threads": torch.get_num_threads()}
+
+    serve({"train": train, "infer": inference},
+          torch.cuda.reset_peak_memory_stats if device.type == "cuda" else (lambda: None), final_stats)
 
 
-def worker(side: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", side, "--config", args.config, "--batch", str(args.batch),
-               "--size", str(args.size), "--dtype", args.dtype, "--steps", str(args.steps), "--targets", str(args.targets)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        raise RuntimeError(f"the {side} worker failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class Worker:
+    """One side's worker process, driven over its stdin and stdout."""
+
+    def __init__(self, side: str, args):
+        self.side, self.log = side, tempfile.TemporaryFile("w+")
+        command = [sys.executable, __file__, "--worker", side, "--config", args.config, "--batch", str(args.batch),
+                   "--size", str(args.size), "--dtype", args.dtype, "--targets", str(args.targets)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                        text=True, cwd=ROOT)
+        self._reply()  # "ready": built, compiled and warmed up
+
+    def _reply(self) -> str:
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return line[len(REPLY):].strip()
+        self.log.seek(0)
+        raise RuntimeError(f"the {self.side} worker failed:\n{self.log.read()[-3000:]}")
+
+    def ask(self, command: str) -> str:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.close()
 
 
 def main():
@@ -207,31 +235,33 @@ def main():
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--targets", type=int, default=10, help="ground-truth masks per image")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per worker")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating worker pairs")
+    parser.add_argument("--steps", type=int, default=6, help="timed train steps and inference steps per side")
     parser.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps((run_ours if args.worker == "ours" else run_theirs)(args)))
+        (run_ours if args.worker == "ours" else run_theirs)(args)
         return
     from benchmarks.peak import matmul_peak
 
-    runs = {"ours": [], "theirs": []}
-    for _ in range(args.rounds):
+    workers, times = {}, {side: {"train": [], "infer": []} for side in ("ours", "theirs")}
+    try:
         for side in ("ours", "theirs"):
-            runs[side].append(worker(side, args))
-    summary = {}
-    for side, results in runs.items():
-        summary[side] = {
-            "train_ms": float(np.median([t for r in results for t in r["train_ms"]])),
-            "infer_ms": float(np.median([t for r in results for t in r["infer_ms"]])),
-            "peak_mb": max(r["peak_bytes"] for r in results) / 2**20,
-        }
+            workers[side] = Worker(side, args)
+        for step in ("train", "infer"):
+            for i in range(args.steps):
+                for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+                    times[side][step].append(float(workers[side].ask(step)))
+        stats = {side: json.loads(worker.ask("done")) for side, worker in workers.items()}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    summary = {side: {"train_ms": float(np.median(times[side]["train"])), "infer_ms": float(np.median(times[side]["infer"])),
+                      "peak_mb": stats[side]["peak_bytes"] / 2**20} for side in times}
     ours, theirs = summary["ours"], summary["theirs"]
-    peak_flops = matmul_peak(1024 if runs["ours"][0]["backend"] == "cpu" else 8192, args.dtype)
-    mfu = runs["ours"][0]["train_flops"] / (ours["train_ms"] / 1e3) / peak_flops
+    peak_flops = matmul_peak(1024 if stats["ours"]["backend"] == "cpu" else 8192, args.dtype)
+    mfu = stats["ours"]["train_flops"] / (ours["train_ms"] / 1e3) / peak_flops
     print(f"{args.config}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {args.targets} targets/image, "
-          f"on {runs['ours'][0]['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s)")
+          f"on {stats['ours']['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s)")
     print(f"{'':10} {'train ms':>9} {'img/s':>7} {'infer ms':>9} {'img/s':>7} {'peak MB':>8}")
     for side in ("ours", "theirs"):
         s = summary[side]
@@ -239,7 +269,7 @@ def main():
               f"{1e3 * args.batch / s['infer_ms']:7.2f} {s['peak_mb']:8.0f}")
     print(f"{'ours/theirs':10} speed train {theirs['train_ms'] / ours['train_ms']:.2f}x, inference "
           f"{theirs['infer_ms'] / ours['infer_ms']:.2f}x, peak memory {ours['peak_mb'] / theirs['peak_mb']:.2f}x")
-    print(f"our train step: {runs['ours'][0]['train_flops'] / 1e9:.1f} GFLOP (XLA), model FLOP utilisation {100 * mfu:.1f}%")
+    print(f"our train step: {stats['ours']['train_flops'] / 1e9:.1f} GFLOP (XLA), model FLOP utilisation {100 * mfu:.1f}%")
 
 
 if __name__ == "__main__":
