@@ -9,8 +9,8 @@
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 
 def legacy_nearest_index(size_in: int, size_out: int) -> np.ndarray:
