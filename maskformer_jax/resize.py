@@ -39,11 +39,10 @@ def _upsample_axis(x, axis: int, factor: int):
     first, last = lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, size - 1, size, axis=axis)
     previous = jnp.concatenate([first, lax.slice_in_dim(x, 0, size - 1, axis=axis)], axis)  # x[max(i-1, 0)]
     following = jnp.concatenate([lax.slice_in_dim(x, 1, size, axis=axis), last], axis)  # x[min(i+1, size-1)]
-    shifted = (previous, x, following)
     phases = []
     for r in range(factor):
         offset = (r + 0.5) / factor - 0.5
-        low, high, weight = (shifted[0], shifted[1], 1 + offset) if offset < 0 else (shifted[1], shifted[2], offset)
+        low, high, weight = (previous, x, 1 + offset) if offset < 0 else (x, following, offset)
         phases.append(low * (1 - weight) + high * weight)
     stacked = jnp.stack(phases, axis=axis + 1)
     return stacked.reshape(x.shape[:axis] + (size * factor,) + x.shape[axis + 1:])

@@ -27,5 +27,7 @@ def test_resize_bilinear_matches_torch_and_its_gradient_matches_jax_image(shape,
 
     weights = jnp.asarray(np.random.default_rng(1).standard_normal(theirs.shape), jnp.float32)
     grad = jax.grad(lambda x: jnp.sum(resize_bilinear(x, *size) * weights))(jnp.asarray(x))
-    reference = jax.grad(lambda x: jnp.sum(jax.image.resize(x, shape[:2] + size, "bilinear", antialias=False) * weights))(jnp.asarray(x))
+    reference = jax.grad(
+        lambda x: jnp.sum(jax.image.resize(x, shape[:2] + size, "bilinear", antialias=False) * weights)
+    )(jnp.asarray(x))
     np.testing.assert_allclose(np.asarray(grad), np.asarray(reference), atol=1e-5)
