@@ -35,7 +35,6 @@ def environment(tmp_path_factory):
     """Subprocess environment sharing one persistent compilation cache (the runs compile the same step)."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
     return env
 
 
