@@ -22,6 +22,7 @@ LAYOUT = ("NHWC", "HWIO", "NHWC")
         (7, 2, ((3, 3), (3, 3)), 1),  # ResNet stem
         (4, 4, "VALID", 1),  # Swin patch embedding
         (3, 1, "SAME", 1),
+        (2, 1, ((0, 1), (1, 0)), 1),  # stride 1, even kernel, uneven padding: the row-shift taps
         (3, 1, ((2, 2), (2, 2)), 2),  # dilated (R101c res5): falls back to lax
     ],
 )

@@ -14,7 +14,7 @@ from transformers.models.maskformer.modeling_maskformer import MaskFormerSinePos
 
 from configs import tiny
 from maskformer_jax.models import build_model
-from maskformer_jax.models.resnet import Bottleneck
+from maskformer_jax.models.resnet import Bottleneck, max_pool
 from maskformer_jax.models.transformer import TransformerEncoder, sine_position_encoding
 from maskformer_jax.resize import resize_nearest_legacy
 
@@ -40,6 +40,18 @@ def _randomise(tree, seed):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     return jax.tree.unflatten(treedef, [jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5) for k, x in zip(keys, leaves)])
+
+
+def test_stem_max_pool_and_its_gradient_after_a_relu_equal_torch():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 13, 10, 3)).astype(np.float32)
+    grad = rng.standard_normal((2, 7, 5, 3)).astype(np.float32)
+    ours, vjp = jax.vjp(lambda x: max_pool(jax.nn.relu(x), 3, 2, 1), x)
+    x_torch = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    theirs = F.max_pool2d(F.relu(x_torch), 3, 2, 1)
+    theirs.backward(torch.tensor(grad).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(ours, theirs.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(vjp(grad)[0], x_torch.grad.permute(0, 2, 3, 1).numpy())
 
 
 def test_dilated_strided_bottleneck_equals_torch_convolutions():

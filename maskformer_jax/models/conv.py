@@ -32,16 +32,30 @@ def kernel_gradient(x, grad, kernel_shape, strides, padding):
     One product per kernel tap, [B·h·w, C]ᵀ @ [B·h·w, O], over the input shifted by that tap. A
     product over positions needs one operand transposed: the output gradient when it has no more
     channels than the input (transposed once, shared by all taps), else each tap of the input.
+
+    At stride 1 the taps are not sliced out of the padded input: with the output gradient zero-padded
+    to the padded input's size and both flattened to rows, tap (i, j) is the input's rows shifted by
+    i·W + j, a contiguous slice (the extra rows meet zero gradients).
     """
     kh, kw, channels, out = kernel_shape
     height, width = grad.shape[1:3]
     (sh, sw), ((top, bottom), (left, right)) = strides, padding
     x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    taps = [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
-    if out <= channels:
-        products = [jnp.einsum("bhwo,bhwc->oc", grad, tap, preferred_element_type=jnp.float32).T for tap in taps]
+    if (sh, sw) == (1, 1):
+        padded_width = x.shape[2]
+        grad = jnp.pad(grad, ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0))).reshape(-1, out)
+        x = x.reshape(-1, channels)
+        rows = grad.shape[0] - (kh - 1) * padded_width - (kw - 1)
+        grad = grad[:rows]
+        taps = [lax.slice_in_dim(x, i * padded_width + j, i * padded_width + j + rows) for i in range(kh) for j in range(kw)]
     else:
-        products = [jnp.einsum("bhwc,bhwo->co", tap, grad, preferred_element_type=jnp.float32) for tap in taps]
+        grad = grad.reshape(-1, out)
+        taps = [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw].reshape(-1, channels)
+                for i in range(kh) for j in range(kw)]
+    if out <= channels:
+        products = [jnp.einsum("po,pc->oc", grad, tap, preferred_element_type=jnp.float32).T for tap in taps]
+    else:
+        products = [jnp.einsum("pc,po->co", tap, grad, preferred_element_type=jnp.float32) for tap in taps]
     return jnp.stack(products).reshape(kernel_shape)
 
 

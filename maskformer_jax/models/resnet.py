@@ -4,12 +4,28 @@ Layer names follow detectron2 (`stem.conv1` → `stem_conv1`, `res2.0.conv1` →
 `conv` and `norm` inside) so that official checkpoints map one to one. Images are NHWC.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from maskformer_jax.models.conv import Conv
+
+
+def max_pool(x, window: int, stride: int, padding: int):
+    """PyTorch's max_pool2d (padding never wins). x: [B, H, W, C] → [B, h, w, C].
+
+    A maximum of shifted, strided slices: its gradient is a few selects, which XLA's CPU backend runs
+    ~3x faster than the select-and-scatter gradient of `lax.reduce_window` (16 against 56 ms for the
+    stem at 512²). Where maxima tie, the gradient is shared between them instead of going to the first;
+    after a ReLU ties are zeros, whose gradient the ReLU drops anyway.
+    """
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+    height, width = ((size - window) // stride + 1 for size in x.shape[1:3])
+    taps = [x[:, i : i + stride * (height - 1) + 1 : stride, j : j + stride * (width - 1) + 1 : stride]
+            for i in range(window) for j in range(window)]
+    return functools.reduce(jnp.maximum, taps)
 
 
 class FrozenBatchNorm(nn.Module):
@@ -95,7 +111,7 @@ class ResNet(nn.Module):
                 x = nn.relu(ConvNorm(features, 3, stride, dtype=self.dtype, name=f"stem_conv{i + 1}")(x))
         else:
             x = nn.relu(ConvNorm(64, 7, 2, dtype=self.dtype, name="stem_conv1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, 3, 2, 1)
         block_class = nn.remat(Bottleneck) if self.remat else Bottleneck
         features = {}
         for stage, depth in enumerate(self.depths):
