@@ -51,7 +51,8 @@ def test_stem_max_pool_and_its_gradient_after_a_relu_equal_torch():
     theirs = F.max_pool2d(F.relu(x_torch), 3, 2, 1)
     theirs.backward(torch.tensor(grad).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(ours, theirs.detach().permute(0, 2, 3, 1).numpy())
-    np.testing.assert_array_equal(vjp(grad)[0], x_torch.grad.permute(0, 2, 3, 1).numpy())
+    # Overlapping windows add their gradients, possibly in another order than torch.
+    np.testing.assert_allclose(vjp(grad)[0], x_torch.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_dilated_strided_bottleneck_equals_torch_convolutions():
