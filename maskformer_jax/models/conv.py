@@ -26,6 +26,13 @@ def _plain(x, kernel, strides, padding):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
 
 
+def window_taps(x, window, strides, out_size):
+    """What a sliding window reads from a padded x [B, H, W, C], one array per window position: tap (i, j)
+    holds x[:, i + s_h·r, j + s_w·c] for each output row r < h and column c < w → kh·kw arrays [B, h, w, C]."""
+    (kh, kw), (sh, sw), (height, width) = window, strides, out_size
+    return [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw] for i in range(kh) for j in range(kw)]
+
+
 def kernel_gradient(x, grad, kernel_shape, strides, padding):
     """∂loss/∂kernel of a NHWC/HWIO convolution. x: [B, H, W, C]; grad: [B, h, w, O] → [kh, kw, C, O].
 
@@ -50,8 +57,7 @@ def kernel_gradient(x, grad, kernel_shape, strides, padding):
         taps = [lax.slice_in_dim(x, i * padded_width + j, i * padded_width + j + rows) for i in range(kh) for j in range(kw)]
     else:
         grad = grad.reshape(-1, out)
-        taps = [x[:, i : i + sh * (height - 1) + 1 : sh, j : j + sw * (width - 1) + 1 : sw].reshape(-1, channels)
-                for i in range(kh) for j in range(kw)]
+        taps = [tap.reshape(-1, channels) for tap in window_taps(x, (kh, kw), strides, (height, width))]
     if out <= channels:
         products = [jnp.einsum("po,pc->oc", grad, tap, preferred_element_type=jnp.float32).T for tap in taps]
     else:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from maskformer_jax.models.conv import Conv
+from maskformer_jax.models.conv import Conv, window_taps
 
 
 def max_pool(x, window: int, stride: int, padding: int):
@@ -22,10 +22,8 @@ def max_pool(x, window: int, stride: int, padding: int):
     after a ReLU ties are zeros, whose gradient the ReLU drops anyway.
     """
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    height, width = ((size - window) // stride + 1 for size in x.shape[1:3])
-    taps = [x[:, i : i + stride * (height - 1) + 1 : stride, j : j + stride * (width - 1) + 1 : stride]
-            for i in range(window) for j in range(window)]
-    return functools.reduce(jnp.maximum, taps)
+    out_size = tuple((size - window) // stride + 1 for size in x.shape[1:3])
+    return functools.reduce(jnp.maximum, window_taps(x, (window, window), (stride, stride), out_size))
 
 
 class FrozenBatchNorm(nn.Module):
