@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.compare import synthetic_batch  # noqa: E402
 from maskformer_jax.models import build_model  # noqa: E402
 from maskformer_jax.training.optimizer import build_optimizer  # noqa: E402
 from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding  # noqa: E402
-from maskformer_jax.training.step import BATCH_KEYS, jit_train_step  # noqa: E402
+from maskformer_jax.training.step import jit_train_step  # noqa: E402
 
 
 def main():
@@ -44,14 +44,12 @@ def main():
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     abstract_state = jax.eval_shape(create)
     sharding = state_sharding(abstract_state, mesh, args.fsdp)
-    size, targets = args.size, config.loss.max_targets
-    shapes = {"image": ((size, size, 3), np.uint8), "valid": ((size, size), bool), "segments": ((size, size), np.int32),
-              "labels": ((targets,), np.int32)}
-    batch = {key: jax.ShapeDtypeStruct((args.batch, *shapes[key][0]), shapes[key][1]) for key in BATCH_KEYS}
+    example = synthetic_batch(args.batch, args.size, config.loss.max_targets, config.model.num_classes)
+    batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in example.items()}
 
     start = time.perf_counter()
     print(f"compiling the {args.config} train step: batch {args.batch} on {devices} {jax.devices()[0].platform} "
-          f"device(s), {size}x{size}, {args.dtype}, remat {args.remat}, fsdp {args.fsdp} ...", flush=True)
+          f"device(s), {args.size}x{args.size}, {args.dtype}, remat {args.remat}, fsdp {args.fsdp} ...", flush=True)
     with jax.set_mesh(mesh):
         compiled = jit_train_step(config, model, optimizer, mesh, sharding).lower(abstract_state, batch).compile()
     analysis = compiled.memory_analysis()
