@@ -17,6 +17,7 @@ with `output_hidden_states=True`, as the paper trains; it needs torch and transf
 
 import argparse
 import ctypes
+import functools
 import importlib
 import json
 import pathlib
@@ -90,6 +91,7 @@ def run_ours(args) -> None:
 
     from maskformer_jax.inference import semantic_scores
     from maskformer_jax.models import build_model
+    from maskformer_jax.models.conv import compiler_options
     from maskformer_jax.training.optimizer import build_optimizer
     from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
     from maskformer_jax.training.step import global_batch, jit_train_step, normalize
@@ -104,7 +106,7 @@ def run_ours(args) -> None:
     batch = global_batch(synthetic_batch(args.batch, args.size, args.targets, config.model.num_classes), mesh)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def infer(variables, images):
         outputs = model.apply(variables, normalize(images))
         return semantic_scores(outputs["class_logits"][-1], outputs["mask_logits"][-1], *images.shape[1:3])

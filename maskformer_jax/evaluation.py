@@ -25,6 +25,7 @@ from maskformer_jax import inference, metrics
 from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data import transforms
 from maskformer_jax.data.pipeline import build_source, eval_pipeline
+from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.predictions import PredictionWriter, merge_panoptic_parts
 from maskformer_jax.resize import resize_bilinear
 from maskformer_jax.training.checkpoint import load_weights, with_shardings
@@ -77,7 +78,8 @@ class Predictor:
                              f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
         self.mesh = make_mesh(jax.local_devices())
-        self._predict = jax.jit(self._predict_fn, static_argnames=("canvas", "instances"))
+        self._predict = jax.jit(self._predict_fn, static_argnames=("canvas", "instances"),
+                                compiler_options=compiler_options())
 
     # ---- on device ----
 

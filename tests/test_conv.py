@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from maskformer_jax.models.conv import Conv, conv_general_dilated
+from maskformer_jax.models import conv
+from maskformer_jax.models.conv import Conv, compiler_options, conv_general_dilated
 
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 
@@ -55,3 +56,26 @@ def test_flax_module_keeps_parameters_and_bfloat16_gradient_dtype():
     assert grads["params"]["kernel"].dtype == jnp.float32
     ref_grads = jax.grad(lambda p: jnp.sum(ref.apply(p, x).astype(jnp.float32) ** 2))(params)
     np.testing.assert_allclose(grads["params"]["kernel"], ref_grads["params"]["kernel"], rtol=0.05, atol=0.05)
+
+
+def test_compiler_options_keep_cpu_convolutions_out_of_ynnpack_with_the_same_values(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert jax.default_backend() == "cpu"
+    options = compiler_options()
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 8))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 8))
+    step = lambda x, w: jax.grad(lambda w: jnp.sum(conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=LAYOUT) ** 2))(w)
+    np.testing.assert_allclose(jax.jit(step, compiler_options=options)(x, w), jax.jit(step)(x, w), rtol=1e-5, atol=1e-4)
+
+
+def test_compiler_options_defer_to_xla_flags_and_to_an_xla_without_the_option(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert compiler_options() == {}
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(conv, "_CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
+    conv._cpu_options_known.cache_clear()
+    try:
+        assert compiler_options() == {}
+    finally:
+        conv._cpu_options_known.cache_clear()

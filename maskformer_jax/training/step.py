@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from maskformer_jax.data.pipeline import BATCH_KEYS
 from maskformer_jax.losses import set_loss
+from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.training.optimizer import learning_rate_schedule
 from maskformer_jax.training.state import TrainState
 
@@ -62,4 +63,5 @@ def jit_train_step(config, model, optimizer, mesh, sharding):
         in_shardings=(sharding, {key: data for key in BATCH_KEYS}),
         out_shardings=(sharding, NamedSharding(mesh, PartitionSpec())),
         donate_argnums=0,
+        compiler_options=compiler_options(),
     )
