@@ -13,6 +13,8 @@ the OS; device allocator peak on GPU), the ratio ours/theirs, and our model FLOP
 FLOP count of the step ÷ the matmul peak of benchmarks/peak.py).
 Hugging Face's model is built from the equivalent config with `use_auxiliary_loss=True` and called
 with `output_hidden_states=True`, as the paper trains; it needs torch and transformers (test-only).
+Both workers inherit the environment, so `LD_PRELOAD=.../libtcmalloc_minimal.so.4 python
+benchmarks/compare.py ...` runs both sides on tcmalloc (see README, Performance); the header names it.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import ctypes
 import functools
 import importlib
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -54,6 +57,9 @@ def _reset_peak_rss():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+    release = getattr(ctypes.CDLL(None), "MallocExtension_ReleaseFreeMemory", None)  # tcmalloc, if preloaded
+    if release is not None:
+        release()
     try:
         pathlib.Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set
     except OSError:
@@ -263,7 +269,8 @@ def main():
     peak_flops = matmul_peak(1024 if stats["ours"]["backend"] == "cpu" else 8192, args.dtype)
     mfu = stats["ours"]["train_flops"] / (ours["train_ms"] / 1e3) / peak_flops
     print(f"{args.config}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {args.targets} targets/image, "
-          f"on {stats['ours']['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s)")
+          f"on {stats['ours']['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s), "
+          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}")
     print(f"{'':10} {'train ms':>9} {'img/s':>7} {'infer ms':>9} {'img/s':>7} {'peak MB':>8}")
     for side in ("ours", "theirs"):
         s = summary[side]
