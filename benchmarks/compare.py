@@ -93,6 +93,8 @@ def serve(steps: dict, reset_peak, final_stats) -> None:
 
 
 def run_ours(args) -> None:
+    # On a GPU both workers share the device: take memory as needed instead of JAX's default 75% up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     from maskformer_jax.inference import semantic_scores

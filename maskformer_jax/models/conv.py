@@ -1,4 +1,4 @@
-"""A drop-in for `lax.conv_general_dilated` whose kernel gradient is computed with matmuls.
+"""A drop-in for `lax.conv_general_dilated` whose kernel gradient on CPU is computed with matmuls.
 
 XLA's CPU backend computes a convolution's kernel gradient as another convolution whose window is the
 whole feature map. In YNNPACK (its default) that was 5x slower than the forward pass for the pixel
@@ -8,7 +8,8 @@ it is about as fast as the matmuls for stride-1 3x3 convolutions and 1.4-2.5x sl
 strided ones. Here the kernel gradient is one matmul per kernel tap of the
 shifted input with the output gradient (no [B, h, w, kh·kw·C] patch tensor); the forward pass and
 the input gradient stay XLA's own. Values equal the plain convolution's up to float rounding; the
-saved residuals are the same.
+saved residuals are the same. Only on CPU: on GPU and TPU the kernel gradient stays XLA's own (cuDNN's
+on GPU), which the numbers above do not speak for.
 
 Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Only the NHWC/HWIO,
 undilated, ungrouped case is rewritten; anything else goes to `lax.conv_general_dilated` unchanged.
@@ -83,8 +84,11 @@ def _conv_forward(x, kernel, strides, padding):
 def _conv_backward(strides, padding, residuals, grad):
     x, kernel = residuals
     _, input_vjp = jax.vjp(lambda x: _plain(x, kernel, strides, padding), x)
-    grad_kernel = kernel_gradient(x, grad, kernel.shape, strides, padding)
-    return input_vjp(grad)[0], grad_kernel.astype(kernel.dtype)
+    grad_kernel = lax.platform_dependent(  # XLA's own on GPU/TPU, i.e. cuDNN's on GPU
+        cpu=lambda: kernel_gradient(x, grad, kernel.shape, strides, padding).astype(kernel.dtype),
+        default=lambda: jax.vjp(lambda kernel: _plain(x, kernel, strides, padding), kernel)[1](grad)[0],
+    )
+    return input_vjp(grad)[0], grad_kernel
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
