@@ -13,8 +13,9 @@ the OS; device allocator peak on GPU), the ratio ours/theirs, and our model FLOP
 FLOP count of the step ÷ the matmul peak of benchmarks/peak.py).
 Hugging Face's model is built from the equivalent config with `use_auxiliary_loss=True` and called
 with `output_hidden_states=True`, as the paper trains; it needs torch and transformers (test-only).
-Both workers inherit the environment, so `LD_PRELOAD=.../libtcmalloc_minimal.so.4 python
-benchmarks/compare.py ...` runs both sides on tcmalloc (see README, Performance); the header names it.
+Both workers inherit the environment, so `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python
+benchmarks/compare.py ...` or `LD_PRELOAD=.../libtcmalloc_minimal.so.4 python benchmarks/compare.py
+...` runs both sides with that allocator setting (see README, Performance); the header names both.
 """
 
 import argparse
@@ -272,7 +273,7 @@ def main():
     mfu = stats["ours"]["train_flops"] / (ours["train_ms"] / 1e3) / peak_flops
     print(f"{args.config}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {args.targets} targets/image, "
           f"on {stats['ours']['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s), "
-          f"LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}")
+          + ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in ("GLIBC_TUNABLES", "LD_PRELOAD")))
     print(f"{'':10} {'train ms':>9} {'img/s':>7} {'infer ms':>9} {'img/s':>7} {'peak MB':>8}")
     for side in ("ours", "theirs"):
         s = summary[side]

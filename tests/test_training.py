@@ -48,14 +48,22 @@ def train(workdir, environment, *extra, wait=True):
     return process
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, environment):
+    """12 uninterrupted steps, every second one checkpointed and kept: what the runs below must reproduce."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train(workdir, environment, "--config.num_steps=12", "--config.checkpoint_every=2", "--config.checkpoints_to_keep=6")
+    return workdir
+
+
 def checkpoint_steps(workdir):
     folder = pathlib.Path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-def final_params(workdir):
-    """(latest step, its parameters as numpy arrays), whichever devices wrote them."""
-    step = checkpoint_steps(workdir)[-1]
+def final_params(workdir, step=None):
+    """(step, its parameters as numpy arrays), the latest step by default, whichever devices wrote them."""
+    step = checkpoint_steps(workdir)[-1] if step is None else step
     path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
     checkpointer = ocp.PyTreeCheckpointer()
     metadata = checkpointer.metadata(path)
@@ -111,33 +119,30 @@ def test_one_step_on_eight_devices_equals_one_device():
     assert fsdp["loss_relative"] <= 1e-5 and fsdp["params_close"] and fsdp["params_changed"], report
 
 
-def test_two_processes_equal_one_process(tmp_path, environment):
+def test_two_processes_equal_one_process(tmp_path, environment, straight_run):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    steps = ["--config.num_steps=3", "--config.checkpoint_every=3"]
+    steps = ["--config.num_steps=4", "--config.checkpoint_every=4"]
     processes = [
-        train(tmp_path / "two", environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
+        train(tmp_path, environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
               "--num_processes=2", f"--process_id={i}", wait=False)
         for i in range(2)
     ]
     for process in processes:
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output[-3000:]
-    train(tmp_path / "one", environment, *steps)
-    step_two, params_two = final_params(tmp_path / "two")
-    step_one, params_one = final_params(tmp_path / "one")
-    assert step_two == step_one == 3
+    step_two, params_two = final_params(tmp_path)
+    _, params_one = final_params(straight_run, step=4)
+    assert step_two == 4
     # Same global batch (the two processes hold different halves), so the same parameters up to the
     # order of floating-point sums. Adam turns a rounding difference in a near-zero gradient into a
     # visible one (g / (|g| + eps)), so the bound is 1e-5 absolute: 3% of one step at lr 3e-4.
     assert_trees_equal(params_two, params_one, tolerance=1e-5)
 
 
-def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environment):
+def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environment, straight_run):
     steps = ["--config.num_steps=12", "--config.checkpoint_every=2"]
-    train(tmp_path / "straight", environment, *steps)
-
     process = train(tmp_path / "killed", environment, *steps, wait=False)
     deadline = time.time() + 600
     while not any(step >= 4 for step in checkpoint_steps(tmp_path / "killed")) and time.time() < deadline:
@@ -148,7 +153,7 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     assert 4 <= killed_at < 12
     output = train(tmp_path / "killed", environment, *steps)
     assert f"resumed from step {killed_at}" in output
-    step_straight, straight = final_params(tmp_path / "straight")
+    step_straight, straight = final_params(straight_run)
     step_resumed, resumed = final_params(tmp_path / "killed")
     assert step_straight == step_resumed == 12
     assert_trees_equal(resumed, straight)

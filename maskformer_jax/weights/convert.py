@@ -12,7 +12,6 @@ Writes DIR/checkpoints/0/state ({"params", "frozen"}) and DIR/conversion.json. R
 .safetensors needs no torch; .pth and .bin do.
 """
 
-import json
 import pathlib
 import pickle
 
@@ -24,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from maskformer_jax.models import build_model
+from maskformer_jax.predictions import write_json
 from maskformer_jax.weights.detectron2 import read_pickle, variables_from_detectron2
 from maskformer_jax.weights.hf import variables_from_hf
 from maskformer_jax.weights.imagenet import backbone_variables
@@ -86,13 +86,13 @@ def convert(source: str, state_dict: dict, model_config: ml_collections.ConfigDi
 
 
 def save_variables(output, variables, report: dict) -> pathlib.Path:
-    """Write the variables as step 0 of a checkpoint folder (atomically, by orbax) and a report."""
+    """Write the variables as step 0 of a checkpoint folder and a report, each atomically."""
     output = pathlib.Path(output).absolute()
     path = output / "checkpoints" / "0" / "state"
     if path.exists():
         raise FileExistsError(f"{path} exists; choose another --output")
     ocp.PyTreeCheckpointer().save(path, variables)
-    (output / "conversion.json").write_text(json.dumps(report, indent=2))
+    write_json(output / "conversion.json", report)
     return output
 
 
