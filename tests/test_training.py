@@ -1,4 +1,4 @@
-"""Training end to end: overfitting, non-finite stops, 8 devices, 2 processes, kill and resume."""
+"""Training end to end: overfitting, non-finite stops, 8 devices, 2 processes (with evaluation), kill and resume."""
 
 import json
 import os
@@ -123,22 +123,35 @@ def test_two_processes_equal_one_process(tmp_path, environment, straight_run):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    steps = ["--config.num_steps=4", "--config.checkpoint_every=4"]
+    steps = ["--config.num_steps=4", "--config.checkpoint_every=4", "--config.eval_every=4",
+             "--config.eval.num_examples=4"]
     processes = [
-        train(tmp_path, environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
+        train(tmp_path / "two", environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
               "--num_processes=2", f"--process_id={i}", wait=False)
         for i in range(2)
     ]
     for process in processes:
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output[-3000:]
-    step_two, params_two = final_params(tmp_path)
+    step_two, params_two = final_params(tmp_path / "two")
     _, params_one = final_params(straight_run, step=4)
     assert step_two == 4
     # Same global batch (the two processes hold different halves), so the same parameters up to the
     # order of floating-point sums. Adam turns a rounding difference in a near-zero gradient into a
     # visible one (g / (|g| + eps)), so the bound is 1e-5 absolute: 3% of one step at lr 3e-4.
     assert_trees_equal(params_two, params_one, tolerance=1e-5)
+
+    # The evaluation at the end, each process on its half of the examples, equals one process
+    # evaluating the same checkpoint on all of them.
+    import eval as eval_script
+
+    logged = json.loads((tmp_path / "two/metrics.jsonl").read_text().splitlines()[-1])
+    config = tiny.get_config()
+    config.eval.num_examples = 4
+    alone = eval_script.evaluate_checkpoint(config, tmp_path / "one", tmp_path / "two/checkpoints/4")
+    assert logged["split"] == "eval" and logged["step"] == 4
+    for key in ("mIoU", "fwIoU", "mACC", "pACC"):
+        assert logged[key] == pytest.approx(alone[key], abs=1e-6), key
 
 
 def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environment, straight_run):
