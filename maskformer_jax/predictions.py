@@ -45,9 +45,9 @@ def write_png(path, array):
     _write_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
 
 
-def write_json(path, data):
+def write_json(path, data, indent=None):
     """Write JSON atomically."""
-    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data)))
+    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data, indent=indent)))
 
 
 def coco_image_id(image_id: str):

@@ -84,7 +84,7 @@ def _conv_forward(x, kernel, strides, padding):
 def _conv_backward(strides, padding, residuals, grad):
     x, kernel = residuals
     _, input_vjp = jax.vjp(lambda x: _plain(x, kernel, strides, padding), x)
-    grad_kernel = lax.platform_dependent(  # XLA's own on GPU/TPU, i.e. cuDNN's on GPU
+    grad_kernel = lax.platform_dependent(
         cpu=lambda: kernel_gradient(x, grad, kernel.shape, strides, padding).astype(kernel.dtype),
         default=lambda: jax.vjp(lambda kernel: _plain(x, kernel, strides, padding), kernel)[1](grad)[0],
     )

@@ -92,7 +92,7 @@ def save_variables(output, variables, report: dict) -> pathlib.Path:
     if path.exists():
         raise FileExistsError(f"{path} exists; choose another --output")
     ocp.PyTreeCheckpointer().save(path, variables)
-    write_json(output / "conversion.json", report)
+    write_json(output / "conversion.json", report, indent=2)
     return output
 
 
