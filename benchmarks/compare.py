@@ -111,7 +111,8 @@ def run_ours(args) -> None:
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     sharding = state_sharding(jax.eval_shape(create), mesh)
-    state = jax.jit(create, out_shardings=sharding)()
+    state = jax.block_until_ready(jax.jit(create, out_shardings=sharding)())
+    jax.clear_caches()  # drop the initialiser's compiled program (~170 MB of host memory), as train.py does
     batch = global_batch(synthetic_batch(args.batch, args.size, args.targets, config.model.num_classes), mesh)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
 
