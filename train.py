@@ -25,7 +25,7 @@ from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
 from maskformer_jax.training.checkpoint import Checkpointer, init_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
-from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
+from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
 from maskformer_jax.training.step import global_batch, jit_train_step
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"
@@ -104,8 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     state = checkpointer.restore(with_shardings(abstract, sharding), iterator)
     reinitialised = []
     if state is None:
-        state = jax.block_until_ready(jax.jit(create, out_shardings=sharding)())
-        jax.clear_caches()  # the initialiser's compiled program is not needed again (~170 MB for R50 or Swin-T)
+        state = init_train_state(create, sharding)
         if config.init_from:
             weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
                                                   config.init_reinitialize_mismatched)

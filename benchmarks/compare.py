@@ -102,7 +102,7 @@ def run_ours(args) -> None:
     from maskformer_jax.models import build_model
     from maskformer_jax.models.conv import compiler_options
     from maskformer_jax.training.optimizer import build_optimizer
-    from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
+    from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
     from maskformer_jax.training.step import global_batch, jit_train_step, normalize
 
     config = importlib.import_module(f"configs.{args.config}").get_config()
@@ -111,8 +111,7 @@ def run_ours(args) -> None:
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     sharding = state_sharding(jax.eval_shape(create), mesh)
-    state = jax.block_until_ready(jax.jit(create, out_shardings=sharding)())
-    jax.clear_caches()  # drop the initialiser's compiled program (~170 MB of host memory), as train.py does
+    state = init_train_state(create, sharding)
     batch = global_batch(synthetic_batch(args.batch, args.size, args.targets, config.model.num_classes), mesh)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
 
