@@ -148,7 +148,7 @@ def test_two_processes_equal_one_process(tmp_path, environment, straight_run):
     logged = json.loads((tmp_path / "two/metrics.jsonl").read_text().splitlines()[-1])
     config = tiny.get_config()
     config.eval.num_examples = 4
-    alone = eval_script.evaluate_checkpoint(config, tmp_path / "one", tmp_path / "two/checkpoints/4")
+    alone = eval_script.evaluate_checkpoint(config, tmp_path / "alone", tmp_path / "two/checkpoints/4")
     assert logged["split"] == "eval" and logged["step"] == 4
     for key in ("mIoU", "fwIoU", "mACC", "pACC"):
         assert logged[key] == pytest.approx(alone[key], abs=1e-6), key
