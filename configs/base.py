@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.size_divisibility = 32  # evaluation images are padded to a multiple of this
     config.dataset.root = ""  # dataset folder (ADE20K: the folder holding ADEChallengeData2016)
     config.dataset.transform = "semantic"  # training augmentation: "semantic" or "detr" (COCO panoptic)
+    # Training padding: "absent" (images 0 after normalisation; no mask loss, cost, attention or
+    # position share: the reference's unpadded one-image-per-GPU COCO run) or "counted" (the semantic
+    # mappers' 128 / ignore padding is part of the crop). "" = absent for "detr", counted for "semantic".
+    config.dataset.padding = ""
     config.dataset.target_mode = "semantic"  # "semantic": a target per class; "panoptic": per segment
     config.dataset.single_category_max_area = 1.0  # crop rule; 1.0 (every paper config) turns it off
     config.dataset.drop_smallest_targets = False  # too many segments: drop the smallest instead of failing

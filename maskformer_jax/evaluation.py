@@ -27,7 +27,7 @@ from maskformer_jax.data import transforms
 from maskformer_jax.data.pipeline import build_source, eval_pipeline
 from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.predictions import PredictionWriter, merge_panoptic_parts
-from maskformer_jax.resize import resize_bilinear
+from maskformer_jax.resize import clamp_to_extent, downsample_valid, resize_bilinear, valid_extent
 from maskformer_jax.training.checkpoint import load_weights, with_shardings
 from maskformer_jax.training.state import make_mesh
 from maskformer_jax.training.step import normalize
@@ -77,6 +77,7 @@ class Predictor:
             raise ValueError(f"the {config.dataset.name!r} data has {len(metadata.class_names)} classes but "
                              f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
+        self.padding_absent = transforms.padding_absent(config.dataset)
         self.mesh = make_mesh(jax.local_devices())
         self._predict = jax.jit(self._predict_fn, static_argnames=("canvas", "instances"),
                                 compiler_options=compiler_options())
@@ -90,10 +91,15 @@ class Predictor:
         return jnp.where(inside[..., None], normalize(images), 0.0)
 
     def _forward(self, variables, images, sizes):
-        """Last-layer class logits [B, Q, K+1] and mask logits upsampled to the padded input [B, Q, H, W]."""
+        """Last-layer class logits [B, Q, K+1] and mask logits upsampled to the padded input [B, Q, H, W].
+        Where training padding is absent, so is this padding: the model gets each image's valid mask."""
         height, width = images.shape[1:3]
-        outputs = self.model.apply(variables, self._model_input(images, sizes))
-        masks = resize_bilinear(outputs["mask_logits"][-1].astype(jnp.float32), height, width)
+        valid = inference.canvas_mask(sizes, (height, width)) if self.padding_absent else None
+        outputs = self.model.apply(variables, self._model_input(images, sizes), valid)
+        masks = outputs["mask_logits"][-1].astype(jnp.float32)
+        if valid is not None:  # upsampled as maps of the image's own size
+            masks = clamp_to_extent(masks, valid_extent(downsample_valid(valid, *masks.shape[2:])))
+        masks = resize_bilinear(masks, height, width)
         return outputs["class_logits"][-1], masks
 
     def _sliding_window(self, variables, images, sizes):

@@ -2,8 +2,10 @@
 matched pairs, for every decoder layer (deep supervision, equal weights). SPEC.md §2.
 
 Targets follow the batch contract: `segments [B, H, W] int32` (target index per pixel, -1 for ignore,
-crowd and padding) and `labels [B, T] int32` (class per target slot, -1 for padding). Ignore and
-padding pixels are negatives for every matched mask, as in the reference.
+crowd and padding) and `labels [B, T] int32` (class per target slot, -1 for padding). Ignore pixels
+are negatives for every matched mask, as in the reference. Padding is either counted the same way
+(the semantic recipes, whose reference pads crops with ignore) or, given `valid [B, H, W]`, absent:
+mask losses and costs then cover each image's own pixels, as the reference's unpadded COCO images.
 """
 
 import jax
@@ -13,7 +15,8 @@ import optax
 from jax import lax
 
 from maskformer_jax.matching import PAIRWISE_MASK_COSTS, SOLVERS, match, matching_cost
-from maskformer_jax.resize import bilinear_taps, resize_bilinear, sample_bilinear
+from maskformer_jax.resize import (bilinear_taps, clamp_to_extent, downsample_valid, resize_bilinear,
+                                   sample_bilinear, valid_extent)
 
 
 def pixel_sum(x):
@@ -27,24 +30,36 @@ def pixel_sum(x):
     return jnp.sum(lax.reduce_precision(x, info.nexp, info.nmant), -1)
 
 
-def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
-    """Sigmoid focal loss averaged over the last axis. logits, targets: [..., P] → [...]."""
+def pixel_mean(x, valid=None):
+    """Mean over the last axis, or over its `valid` entries (float {0, 1}, broadcastable to x)."""
+    if valid is None:
+        return pixel_sum(x) / x.shape[-1]
+    return pixel_sum(x * valid) / jnp.maximum(pixel_sum(jnp.broadcast_to(valid, x.shape)), 1.0)
+
+
+def sigmoid_focal_loss(logits, targets, valid=None, alpha: float = 0.25, gamma: float = 2.0):
+    """Sigmoid focal loss averaged over the last axis (its `valid` pixels if given, float {0, 1}
+    broadcastable). logits, targets: [..., P] → [...]."""
     prob = jax.nn.sigmoid(logits)
     p_t = prob * targets + (1 - prob) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
     loss = alpha_t * (1 - p_t) ** gamma * optax.sigmoid_binary_cross_entropy(logits, targets)
-    return pixel_sum(loss) / logits.shape[-1]
+    return pixel_mean(loss, valid)
 
 
-def dice_loss(logits, targets):
-    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) over the last axis. logits, targets: [..., P] → [...]."""
+def dice_loss(logits, targets, valid=None):
+    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) over the last axis (its `valid` pixels if given; targets
+    are 0 outside them). logits, targets: [..., P] → [...]."""
     prob = jax.nn.sigmoid(logits)
+    if valid is not None:
+        prob = prob * valid
     return 1 - (2 * pixel_sum(prob * targets) + 1) / (pixel_sum(prob) + pixel_sum(targets) + 1)
 
 
-def sigmoid_ce_loss(logits, targets):
-    """Sigmoid cross-entropy averaged over the last axis. logits, targets: [..., P] → [...]."""
-    return pixel_sum(optax.sigmoid_binary_cross_entropy(logits, targets)) / logits.shape[-1]
+def sigmoid_ce_loss(logits, targets, valid=None):
+    """Sigmoid cross-entropy averaged over the last axis (its `valid` pixels if given). logits,
+    targets: [..., P] → [...]."""
+    return pixel_mean(optax.sigmoid_binary_cross_entropy(logits, targets), valid)
 
 
 MASK_LOSSES = {"focal": sigmoid_focal_loss, "dice": dice_loss, "bce": sigmoid_ce_loss}
@@ -59,65 +74,76 @@ def class_loss(class_logits, target_classes, no_object_weight: float):
     return jnp.sum(weight * nll) / jnp.sum(weight)
 
 
-def target_masks_at_points(segments, points, num_targets: int):
+def target_masks_at_points(segments, points, num_targets: int, extent=None):
     """Bilinear values of each target's binary mask at its points, without building [B, T, H, W].
 
-    segments: [B, H, W]; points: [B, T, P, 2] (y, x) in [0, 1] → [B, T, P] float32.
+    segments: [B, H, W]; points: [B, T, P, 2] (y, x) in [0, 1] of the map, or of each image's
+    `extent` (int [B, 1, 2]) → [B, T, P] float32.
     """
     batch, height, width = segments.shape
-    index, weight = bilinear_taps(height, width, points)  # [B, T, P, 4]
+    index, weight = bilinear_taps(height, width, points, extent)  # [B, T, P, 4]
     flat = index.reshape(batch, -1)
     ids = jnp.take_along_axis(segments.reshape(batch, height * width), flat, axis=-1).reshape(index.shape)
     inside = ids == jnp.arange(num_targets)[None, :, None, None]
     return jnp.sum(weight * inside, -1)
 
 
-def uncertain_points(rng, mask_logits, num_points: int, oversample_ratio: float, importance_ratio: float):
+def uncertain_points(rng, mask_logits, num_points: int, oversample_ratio: float, importance_ratio: float,
+                     extent=None):
     """Mask2Former's importance sampling: of `oversample_ratio * num_points` uniform candidates keep
     the `importance_ratio` share where |logit| is smallest, fill the rest uniformly at random.
 
-    mask_logits: [B, T, h, w] → points [B, T, num_points, 2] as (y, x) in [0, 1].
+    mask_logits: [B, T, h, w]; extent: int [B, 1, 2] each image's region of the map, or None (all of
+    it) → points [B, T, num_points, 2] as (y, x) in [0, 1] of that region.
     """
     batch, num_targets = mask_logits.shape[:2]
     candidate_key, random_key = jax.random.split(rng)
     num_candidates = int(num_points * oversample_ratio)
     num_uncertain = int(num_points * importance_ratio)
     candidates = jax.random.uniform(candidate_key, (batch, num_targets, num_candidates, 2))
-    logits = sample_bilinear(jax.lax.stop_gradient(mask_logits), candidates)
+    logits = sample_bilinear(jax.lax.stop_gradient(mask_logits), candidates, extent)
     _, index = jax.lax.top_k(-jnp.abs(logits), num_uncertain)
     uncertain = jnp.take_along_axis(candidates, index[..., None], axis=2)
     random = jax.random.uniform(random_key, (batch, num_targets, num_points - num_uncertain, 2))
     return jnp.concatenate([uncertain, random], axis=2)
 
 
-def mask_losses_dense(mask_logits, segments, terms):
+def mask_losses_dense(mask_logits, segments, terms, valid=None):
     """Mask losses at full target resolution: predictions upsampled bilinearly (half-pixel centres).
 
     mask_logits: [B, T, h, w] (the query matched to each target slot); segments: [B, H, W];
-    terms: names in MASK_LOSSES → {name: [B, T]}.
+    terms: names in MASK_LOSSES; valid: bool [B, H, W] or None. With `valid`, the predictions are
+    upsampled as maps of each image's own size and the losses cover its pixels only → {name: [B, T]}.
     """
-    batch, num_targets = mask_logits.shape[:2]
+    batch, num_targets, h, w = mask_logits.shape
     height, width = segments.shape[1:]
+    weight = None
+    if valid is not None:
+        mask_logits = clamp_to_extent(mask_logits, valid_extent(downsample_valid(valid, h, w)))
+        weight = valid.reshape(batch, 1, height * width).astype(jnp.float32)
     logits = resize_bilinear(mask_logits, height, width).reshape(batch, num_targets, height * width)
-    targets = segments.reshape(batch, 1, height * width) == jnp.arange(num_targets)[:, None]
-    return {name: MASK_LOSSES[name](logits, targets.astype(jnp.float32)) for name in terms}
+    targets = (segments.reshape(batch, 1, height * width) == jnp.arange(num_targets)[:, None]).astype(jnp.float32)
+    return {name: MASK_LOSSES[name](logits, targets, weight) for name in terms}
 
 
-def mask_losses_at_points(mask_logits, segments, points, terms):
+def mask_losses_at_points(mask_logits, segments, points, terms, extents=(None, None)):
     """Mask losses on sampled points, the same points for every term.
 
-    mask_logits: [B, T, h, w]; segments: [B, H, W]; points: [B, T, P, 2] → {name: [B, T]}.
+    mask_logits: [B, T, h, w]; segments: [B, H, W]; points: [B, T, P, 2]; extents: each image's
+    region (int [B, 1, 2]) of the logits and of the segments, which the points address, or None for
+    the whole map → {name: [B, T]}.
     """
-    logits = sample_bilinear(mask_logits, points)
-    targets = target_masks_at_points(segments, points, mask_logits.shape[1])
+    logits = sample_bilinear(mask_logits, points, extents[0])
+    targets = target_masks_at_points(segments, points, mask_logits.shape[1], extents[1])
     return {name: MASK_LOSSES[name](logits, targets) for name in terms}
 
 
-def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_masks, config, rng=None):
+def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_masks, config, rng=None, valid=None):
     """Unweighted loss terms of one decoder layer.
 
     class_logits: [B, Q, K+1]; mask_logits: [B, Q, h, w]; assignment: [B, Q] target per query (-1 none);
-    segments: [B, H, W]; labels: [B, T]. Mask terms are summed over matched targets / num_masks.
+    segments: [B, H, W]; labels: [B, T]; valid: bool [B, H, W] (padding absent) or None (counted).
+    Mask terms are summed over matched targets / num_masks.
     """
     num_targets = labels.shape[-1]
     no_object = class_logits.shape[-1] - 1
@@ -135,14 +161,18 @@ def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_ma
         matched = is_match.any(axis=1) & (labels >= 0)
         logits = jnp.take_along_axis(mask_logits, query[:, :, None, None], axis=1).astype(jnp.float32)
         if config.num_points > 0:
+            extents = (None, None)
+            if valid is not None:  # points address each image's own region of both maps
+                low = valid_extent(downsample_valid(valid, *logits.shape[2:]))
+                extents = (low[:, None], valid_extent(valid)[:, None])
             points = uncertain_points(
-                rng, logits, config.num_points, config.oversample_ratio, config.importance_sample_ratio
+                rng, logits, config.num_points, config.oversample_ratio, config.importance_sample_ratio, extents[0]
             )
-            per_mask = mask_losses_at_points(logits, segments, points, terms)
+            per_mask = mask_losses_at_points(logits, segments, points, terms, extents)
         else:
             # Recompute the full-resolution tensors in the backward pass instead of keeping them for
             # every layer: the saved residuals shrink to the [B, T, h, w] logits.
-            per_mask = jax.checkpoint(mask_losses_dense, static_argnums=2)(logits, segments, tuple(terms))
+            per_mask = jax.checkpoint(mask_losses_dense, static_argnums=2)(logits, segments, tuple(terms), valid)
         for name, values in per_mask.items():
             losses[name] = jnp.sum(jnp.where(matched, values, 0.0)) / num_masks
     return losses
@@ -169,12 +199,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None):
+def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None, valid=None):
     """Total loss and metrics for a batch: matching and loss for every decoder layer, equal weights.
 
     outputs: the model's dict (class_logits [L, B, Q, K+1], mask_logits [L, B, Q, h, w]);
     batch: segments [B, H, W] int32, labels [B, T] int32; config: `config.loss`; rng: needed when
-    config.num_points > 0. Under jit over a sharded global batch, num_masks and the cross-entropy
+    config.num_points > 0; valid: bool [B, H, W] to leave padding out of the mask losses and costs
+    (None: padding counts as negatives). Under jit over a sharded global batch, num_masks and the cross-entropy
     normaliser are global sums, so the value does not depend on how the batch is split.
     Returns (total, metrics): metrics has the unweighted terms of the last layer ("loss_class",
     "loss_focal", "loss_dice"), of the auxiliary layers with a suffix ("loss_class_0", ...), the
@@ -186,7 +217,7 @@ def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None):
         raise ValueError(f"{labels.shape[-1]} target slots exceed {class_logits.shape[-2]} queries")
     if config.num_points > 0 and rng is None:
         raise ValueError("a point-sampled loss (config.loss.num_points > 0) needs an rng")
-    cost = matching_cost(class_logits, mask_logits, segments, labels, dict(config.cost_weights))
+    cost = matching_cost(class_logits, mask_logits, segments, labels, dict(config.cost_weights), valid)
     assignment = match(cost, labels >= 0, config.matcher)  # [L, B, Q]
     num_masks = jnp.maximum(jnp.sum(labels >= 0), 1).astype(jnp.float32)
 
@@ -194,7 +225,7 @@ def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None):
         class_logits_l, mask_logits_l, assignment_l, index = layer
         layer_rng = None if rng is None else jax.random.fold_in(rng, index)
         losses = layer_losses(
-            class_logits_l, mask_logits_l, assignment_l, segments, labels, num_masks, config, layer_rng
+            class_logits_l, mask_logits_l, assignment_l, segments, labels, num_masks, config, layer_rng, valid
         )
         return None, losses
 

@@ -15,48 +15,61 @@ import numpy as np
 import scipy.optimize
 from jax.sharding import PartitionSpec
 
-from maskformer_jax.resize import resize_nearest_legacy
+from maskformer_jax.resize import downsample_valid, resize_nearest_legacy
 
 # Non-finite costs (a diverged model) become this: large enough to lose against any real pair,
 # moderate enough to keep float32 dual updates exact.
 NON_FINITE_COST = 1e4
 
 
-def pairwise_focal_cost(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
-    """Sigmoid focal loss of every (query, target) pair, averaged over pixels.
+def _pixel_count(logits, valid):
+    """The pixels a cost averages over: P, or the valid ones of each image [B, 1, 1]."""
+    return logits.shape[-1] if valid is None else jnp.maximum(valid.sum(-1, keepdims=True), 1.0)
+
+
+def _masked(x, valid):
+    return x if valid is None else x * valid
+
+
+def pairwise_focal_cost(logits, targets, valid=None, alpha: float = 0.25, gamma: float = 2.0):
+    """Sigmoid focal loss of every (query, target) pair, averaged over pixels (each image's `valid`
+    ones if given, float [B, 1, P]; targets are 0 outside them).
 
     logits: [B, Q, P] float32; targets: [B, T, P] in {0, 1} → [B, Q, T].
     """
     prob = jax.nn.sigmoid(logits)
     positive = alpha * (1 - prob) ** gamma * jax.nn.softplus(-logits)
     negative = (1 - alpha) * prob**gamma * jax.nn.softplus(logits)
-    cost = jnp.einsum("bqp,btp->bqt", positive - negative, targets) + negative.sum(-1)[..., None]
-    return cost / logits.shape[-1]
+    cost = jnp.einsum("bqp,btp->bqt", positive - negative, targets) + _masked(negative, valid).sum(-1)[..., None]
+    return cost / _pixel_count(logits, valid)
 
 
-def pairwise_dice_cost(logits, targets):
-    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) for every pair. logits [B, Q, P], targets [B, T, P] → [B, Q, T]."""
-    prob = jax.nn.sigmoid(logits)
+def pairwise_dice_cost(logits, targets, valid=None):
+    """1 - (2 Σ p·t + 1) / (Σ p + Σ t + 1) for every pair, over the `valid` pixels if given.
+    logits [B, Q, P], targets [B, T, P] → [B, Q, T]."""
+    prob = _masked(jax.nn.sigmoid(logits), valid)
     numerator = 2 * jnp.einsum("bqp,btp->bqt", prob, targets)
     denominator = prob.sum(-1)[..., None] + targets.sum(-1)[:, None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def pairwise_bce_cost(logits, targets):
-    """Sigmoid cross-entropy of every pair, averaged over pixels. logits [B, Q, P], targets [B, T, P] → [B, Q, T]."""
+def pairwise_bce_cost(logits, targets, valid=None):
+    """Sigmoid cross-entropy of every pair, averaged over pixels (the `valid` ones if given).
+    logits [B, Q, P], targets [B, T, P] → [B, Q, T]."""
     cost = jnp.einsum("bqp,btp->bqt", jax.nn.softplus(-logits) - jax.nn.softplus(logits), targets)
-    return (cost + jax.nn.softplus(logits).sum(-1)[..., None]) / logits.shape[-1]
+    return (cost + _masked(jax.nn.softplus(logits), valid).sum(-1)[..., None]) / _pixel_count(logits, valid)
 
 
 PAIRWISE_MASK_COSTS = {"focal": pairwise_focal_cost, "dice": pairwise_dice_cost, "bce": pairwise_bce_cost}
 
 
-def matching_cost(class_logits, mask_logits, segments, labels, weights):
+def matching_cost(class_logits, mask_logits, segments, labels, weights, valid=None):
     """The matching cost of every (query, target) pair, for every decoder layer.
 
     class_logits: [L, B, Q, K+1]; mask_logits: [L, B, Q, h, w]; segments: [B, H, W] int32 target index
     per pixel (-1 for none); labels: [B, T] int32 (-1 for padding); weights: {"class": w, <mask cost
-    name>: w, ...}. Targets are downsampled to the mask resolution with PyTorch's legacy nearest rule.
+    name>: w, ...}; valid: bool [B, H, W] to cost each image's own pixels only, or None. Targets (and
+    `valid`) are downsampled to the mask resolution with PyTorch's legacy nearest rule.
     Returns [L, B, Q, T] float32 (padded targets get arbitrary values), without gradient.
     """
     class_logits, mask_logits = jax.lax.stop_gradient((class_logits, mask_logits))
@@ -65,6 +78,8 @@ def matching_cost(class_logits, mask_logits, segments, labels, weights):
     segments = resize_nearest_legacy(segments[..., None], height, width)[..., 0]
     targets = segments.reshape(batch, 1, height * width) == jnp.arange(num_targets)[:, None]
     targets = targets.astype(jnp.float32)
+    if valid is not None:
+        valid = downsample_valid(valid, height, width).reshape(batch, 1, height * width).astype(jnp.float32)
     index = jnp.broadcast_to(jnp.maximum(labels, 0)[:, None, :], (batch, num_queries, num_targets))
 
     def layer_cost(layer):
@@ -74,7 +89,7 @@ def matching_cost(class_logits, mask_logits, segments, labels, weights):
         logits = mask_logits.astype(jnp.float32).reshape(batch, num_queries, height * width)
         for name, weight in weights.items():
             if name != "class":
-                cost = cost + weight * PAIRWISE_MASK_COSTS[name](logits, targets)
+                cost = cost + weight * PAIRWISE_MASK_COSTS[name](logits, targets, valid)
         return cost
 
     # One layer at a time: only one layer's [B, Q, h·w] elementwise terms are alive, and each

@@ -65,30 +65,60 @@ def resize_bilinear(x, height: int, width: int):
     return x
 
 
-def bilinear_taps(height: int, width: int, points):
+def downsample_valid(valid, height: int, width: int):
+    """bool [B, H, W] (True on image pixels) → [B, height, width] with the legacy nearest rule, as
+    DETR interpolates its padding mask: a position is valid when the pixel it samples is."""
+    return resize_nearest_legacy(valid[..., None], height, width)[..., 0]
+
+
+def valid_extent(valid):
+    """bool [B, H, W] whose True pixels form a top-left rectangle → its (height, width), int32 [B, 2]."""
+    return jnp.stack([valid.any(axis=2).sum(axis=1), valid.any(axis=1).sum(axis=1)], axis=-1).astype(jnp.int32)
+
+
+def clamp_to_extent(x, extent):
+    """Edge-replicate maps beyond each image's extent: x [B, ..., h, w], extent int [B, 2] → x with
+    rows >= extent[0] copies of the last valid row (columns likewise), so that interpolation at the
+    image's border sees the same neighbours as on a map of the image's own size."""
+    batch, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    lead = (1,) * (x.ndim - 3)
+    rows = jnp.minimum(jnp.arange(h), extent[:, :1] - 1).reshape(batch, *lead, h, 1)
+    cols = jnp.minimum(jnp.arange(w), extent[:, 1:] - 1).reshape(batch, *lead, 1, w)
+    return jnp.take_along_axis(jnp.take_along_axis(x, rows, axis=-2), cols, axis=-1)
+
+
+def bilinear_taps(height: int, width: int, points, extent=None):
     """The 4 pixels and weights that bilinear interpolation (half-pixel centres, edge-clamped) uses.
 
-    points: [..., P, 2] as (y, x) in [0, 1] of a (height, width) map → (flat pixel index [..., P, 4]
-    int32, weight [..., P, 4] float32).
+    points: [..., P, 2] as (y, x) in [0, 1] of a (height, width) map, or with `extent` (int [..., 2],
+    the image's (height, width) in the map's top-left corner) of that region, clamped at its edges →
+    (flat pixel index [..., P, 4] int32, weight [..., P, 4] float32).
     """
-    cy = jnp.clip(points[..., 0] * height - 0.5, 0, height - 1)
-    cx = jnp.clip(points[..., 1] * width - 0.5, 0, width - 1)
+    if extent is None:
+        extent_h, extent_w = height, width
+    else:
+        extent = extent.astype(jnp.float32)
+        extent_h, extent_w = extent[..., :1], extent[..., 1:]
+    cy = jnp.clip(points[..., 0] * extent_h - 0.5, 0, extent_h - 1)
+    cx = jnp.clip(points[..., 1] * extent_w - 0.5, 0, extent_w - 1)
     y0, x0 = jnp.floor(cy).astype(jnp.int32), jnp.floor(cx).astype(jnp.int32)
-    y1, x1 = jnp.minimum(y0 + 1, height - 1), jnp.minimum(x0 + 1, width - 1)
+    y1 = jnp.minimum(y0 + 1, jnp.asarray(extent_h, jnp.int32) - 1)
+    x1 = jnp.minimum(x0 + 1, jnp.asarray(extent_w, jnp.int32) - 1)
     wy, wx = cy - y0, cx - x0
     index = jnp.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], axis=-1)
     weight = jnp.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=-1)
     return index, weight
 
 
-def sample_bilinear(x, points):
-    """Bilinear values of maps at points. x: [..., h, w]; points: [..., P, 2] (y, x) in [0, 1] → [..., P].
+def sample_bilinear(x, points, extent=None):
+    """Bilinear values of maps at points. x: [..., h, w]; points: [..., P, 2] (y, x) in [0, 1] of the
+    map, or of `extent` (int [..., 2], see `bilinear_taps`) → [..., P].
 
     A point at the centre of output pixel i of an (H, W) grid, ((i + 0.5) / H, ...), gets exactly the
     value of `resize_bilinear(x, H, W)` there.
     """
     h, w = x.shape[-2:]
-    index, weight = bilinear_taps(h, w, points)
+    index, weight = bilinear_taps(h, w, points, extent)
     flat = x.reshape(x.shape[:-2] + (h * w,))
     taps = jnp.take_along_axis(flat, index.reshape(index.shape[:-2] + (-1,)), axis=-1)
     return (taps.reshape(weight.shape) * weight).sum(-1)

@@ -15,6 +15,19 @@ from PIL import Image
 IMAGE_PAD_VALUE = 128  # the semantic mappers pad images with 128 (labels with ignore)
 
 
+PADDING = ("", "absent", "counted")
+
+
+def padding_absent(dataset) -> bool:
+    """Whether training padding is absent (no loss, attention or position share; images 0 after
+    normalisation) rather than counted as image: `dataset.padding`, by default absent for the DETR
+    recipe, whose reference trains unpadded images, and counted for the semantic one, whose
+    reference pads crops with 128 / ignore."""
+    if dataset.padding not in PADDING:
+        raise ValueError(f"config.dataset.padding must be 'absent', 'counted' or '' (by transform), got {dataset.padding!r}")
+    return dataset.padding == "absent" or (dataset.padding == "" and dataset.transform == "detr")
+
+
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
     """detectron2's ResizeShortestEdge size: short side to `short`, long side at most `max_size`,
     rounded with int(x + 0.5)."""

@@ -44,7 +44,9 @@ class MaskEmbedding(nn.Module):
 
 
 class MaskFormer(nn.Module):
-    """Images [B, H, W, 3] float32, normalised with SPEC's mean/std, H and W multiples of 32 → dict of
+    """Images [B, H, W, 3] float32, normalised with SPEC's mean/std, H and W multiples of 32, and
+    optionally valid bool [B, H, W] (True on image pixels; padding, at the bottom and right, then
+    gets no attention and no share of the position encoding) → dict of
     class_logits [L, B, Q, K+1] float32 (index K = "no object"),
     mask_logits [L, B, Q, H/4, W/4] float32,
     pixel_embeddings [B, H/4, W/4, mask_dim] (the per-pixel embeddings).
@@ -60,14 +62,14 @@ class MaskFormer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, images, valid=None, train: bool = False):
         features = self.backbone(images, train=train)
-        pixel_embeddings, decoder_input = self.pixel_decoder(features, train=train)
+        pixel_embeddings, decoder_input = self.pixel_decoder(features, valid, train=train)
         if decoder_input.shape[-1] != self.hidden_dim or self.enforce_input_projection:
             decoder_input = Conv(
                 self.hidden_dim, (1, 1), dtype=self.dtype, kernel_init=c2_xavier_fill, name="input_proj"
             )(decoder_input)
-        queries = self.query_decoder(decoder_input, train=train)  # [L, B, Q, C]
+        queries = self.query_decoder(decoder_input, valid, train=train)  # [L, B, Q, C]
         class_head = torch_linear(self.num_classes + 1, queries.shape[-1], self.dtype, "class_embed")
         class_logits = class_head(queries)
         mask_embeddings = MaskEmbedding(self.hidden_dim, pixel_embeddings.shape[-1], self.dtype, name="mask_embed")(

@@ -11,14 +11,15 @@ import jax.numpy as jnp
 
 from maskformer_jax.models.conv import Conv
 from maskformer_jax.models.transformer import TransformerEncoder
-from maskformer_jax.resize import resize_nearest_legacy
+from maskformer_jax.resize import downsample_valid, resize_nearest_legacy
 
 # detectron2's c2_xavier_fill: kaiming-uniform with a=1, i.e. U(±sqrt(3 / fan_in)); biases 0.
 c2_xavier_fill = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
 
 class ConvGroupNorm(nn.Module):
-    """Conv (no bias) → GroupNorm(32) → optional ReLU."""
+    """Conv (no bias) → GroupNorm(32) → optional ReLU; with `valid` (bool [B, H, W], image positions)
+    the GroupNorm statistics cover the image only, as on a canvas of its own size."""
 
     features: int
     kernel_size: int
@@ -26,7 +27,7 @@ class ConvGroupNorm(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, valid=None):
         pad = self.kernel_size // 2
         x = Conv(
             self.features,
@@ -37,7 +38,8 @@ class ConvGroupNorm(nn.Module):
             kernel_init=c2_xavier_fill,
             name="conv",
         )(x)
-        x = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+        mask = None if valid is None else jnp.broadcast_to(valid[..., None], x.shape)
+        x = nn.GroupNorm(num_groups=32, epsilon=1e-5, dtype=self.dtype, name="norm")(x, mask=mask)
         return nn.relu(x) if self.relu else x
 
 
@@ -59,8 +61,9 @@ class PixelDecoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features, train: bool = False):
-        """features: {"res2".."res5"} NHWC maps.
+    def __call__(self, features, valid=None, train: bool = False):
+        """features: {"res2".."res5"} NHWC maps; valid: bool [B, H, W] input pixels (padding absent)
+        or None (every position is image).
 
         Returns (pixel_embeddings [B, H/4, W/4, mask_dim], decoder_input [B, H/32, W/32, C]).
         """
@@ -73,13 +76,17 @@ class PixelDecoder(nn.Module):
             decoder_input = TransformerEncoder(
                 self.encoder_layers, self.num_heads, self.dim_feedforward, self.dropout, self.remat, self.dtype,
                 name="encoder",
-            )(x, train)
-        y = conv_class(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input)
+            )(x, valid, train)
+        def valid_at(x):
+            return None if valid is None else downsample_valid(valid, *x.shape[1:3])
+
+        y = conv_class(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input, valid_at(decoder_input))
         for level in (3, 2, 1):  # res4, res3, res2
             lateral = features[f"res{level + 1}"]
-            lateral = conv_class(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(lateral)
+            lateral = conv_class(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(
+                lateral, valid_at(lateral))
             y = lateral + resize_nearest_legacy(y, *lateral.shape[1:3])
-            y = conv_class(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y)
+            y = conv_class(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y, valid_at(y))
         pixel_embeddings = Conv(
             self.mask_dim,
             (3, 3),

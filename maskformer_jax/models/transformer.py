@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maskformer_jax.resize import downsample_valid
+
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's default, used by the reference
 _xavier = nn.initializers.xavier_uniform()
 # The reference packs q/k/v into one [3C, C] matrix and applies xavier to it: fan_in C, fan_out 3C.
@@ -25,26 +27,44 @@ def sine_position_encoding(height: int, width: int, num_features: int = 128, tem
     channels are [sin, cos, sin, cos, ...] with frequencies temperature^(2*floor(i/2)/num_features),
     y channels first. Computed with numpy at trace time: the encoding depends only on the shape.
     """
+    return np.asarray(masked_sine_position_encoding(np.ones((1, height, width), bool), num_features, temperature, np)[0])
+
+
+def masked_sine_position_encoding(valid, num_features: int = 128, temperature: float = 10000.0, xp=jnp):
+    """DETR's mask-aware form: valid bool [B, H, W] → [B, H, W, 2 * num_features] float32.
+
+    Positions are cumulative sums of `valid` along each axis, normalised by their last value, so an
+    image in the top-left corner of a larger canvas encodes exactly as on a canvas of its own size.
+    """
     scale = 2 * math.pi
-    y = np.arange(1, height + 1, dtype=np.float32)[:, None].repeat(width, 1)
-    x = np.arange(1, width + 1, dtype=np.float32)[None, :].repeat(height, 0)
-    y = y / (y[-1:, :] + 1e-6) * scale
-    x = x / (x[:, -1:] + 1e-6) * scale
+    valid = xp.asarray(valid, xp.float32)
+    y, x = xp.cumsum(valid, axis=1), xp.cumsum(valid, axis=2)
+    y = y / (y[:, -1:, :] + 1e-6) * scale
+    x = x / (x[:, :, -1:] + 1e-6) * scale
     dim_t = np.arange(num_features, dtype=np.float32)
     dim_t = (temperature ** (2 * (dim_t // 2) / num_features)).astype(np.float32)
 
     def interleave(v):
-        v = v[:, :, None] / dim_t
-        return np.stack([np.sin(v[:, :, 0::2]), np.cos(v[:, :, 1::2])], axis=3).reshape(height, width, -1)
+        v = v[..., None] / dim_t
+        return xp.stack([xp.sin(v[..., 0::2]), xp.cos(v[..., 1::2])], axis=-1).reshape(*v.shape[:-1], -1)
 
-    return np.concatenate([interleave(y), interleave(x)], axis=-1).astype(np.float32)
+    return xp.concatenate([interleave(y), interleave(x)], axis=-1)
 
 
-def tokens_and_positions(features, dtype):
-    """[B, H, W, C] feature map → (tokens [B, H*W, C], sine positions [H*W, C] in `dtype`)."""
+def tokens_and_positions(features, dtype, valid=None):
+    """[B, H, W, C] feature map → (tokens [B, H*W, C], sine positions in `dtype`, key mask).
+
+    Without `valid` the positions depend only on the shape ([H*W, C]) and the key mask is None; with
+    valid bool [B, H', W'] (the input pixels), positions are mask-aware [B, H*W, C] and the key mask
+    [B, H*W] is True on image tokens.
+    """
     b, h, w, c = features.shape
-    positions = jnp.asarray(sine_position_encoding(h, w, c // 2), dtype).reshape(h * w, c)
-    return features.reshape(b, h * w, c), positions
+    tokens = features.reshape(b, h * w, c)
+    if valid is None:
+        return tokens, jnp.asarray(sine_position_encoding(h, w, c // 2), dtype).reshape(h * w, c), None
+    valid = downsample_valid(valid, h, w)
+    positions = masked_sine_position_encoding(valid, c // 2).astype(dtype).reshape(b, h * w, c)
+    return tokens, positions, valid.reshape(b, h * w)
 
 
 class MultiHeadAttention(nn.Module):
@@ -56,8 +76,9 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, query, key, value, train: bool = False):
-        """query: [B, Nq, C], key and value: [B, Nk, C] → [B, Nq, C]."""
+    def __call__(self, query, key, value, train: bool = False, key_valid=None):
+        """query: [B, Nq, C], key and value: [B, Nk, C], key_valid: bool [B, Nk] or None (attend
+        only to True keys) → [B, Nq, C]."""
         channels = query.shape[-1]
         head_dim = channels // self.num_heads
 
@@ -68,8 +89,10 @@ class MultiHeadAttention(nn.Module):
 
         q = project(query, "query") * head_dim**-0.5
         k, v = project(key, "key"), project(value, "value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        if key_valid is not None:
+            logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return nn.DenseGeneral(channels, axis=(-2, -1), dtype=self.dtype, kernel_init=_xavier, name="out")(out)
@@ -98,12 +121,12 @@ class EncoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, pos, train: bool = False):
-        """x: [B, N, C] tokens, pos: [N, C] or [B, N, C] → [B, N, C]."""
+    def __call__(self, x, pos, key_valid=None, train: bool = False):
+        """x: [B, N, C] tokens, pos: [N, C] or [B, N, C], key_valid: bool [B, N] or None → [B, N, C]."""
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
         qk = x + pos
-        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="self_attn")(qk, qk, x, train)
+        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="self_attn")(qk, qk, x, train, key_valid)
         x = norm(name="norm1")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm2")(x + drop(y))
@@ -118,15 +141,16 @@ class DecoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, query_pos, memory, memory_pos, train: bool = False):
-        """x: [B, Q, C], query_pos: [Q, C], memory: [B, N, C], memory_pos: [N, C] → [B, Q, C]."""
+    def __call__(self, x, query_pos, memory, memory_pos, memory_valid=None, train: bool = False):
+        """x: [B, Q, C], query_pos: [Q, C], memory: [B, N, C], memory_pos: [N, C] or [B, N, C],
+        memory_valid: bool [B, N] or None (image tokens) → [B, Q, C]."""
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
         attention = functools.partial(MultiHeadAttention, self.num_heads, self.dropout, self.dtype)
         q = x + query_pos
         y = attention(name="self_attn")(q, q, x, train)
         x = norm(name="norm1")(x + drop(y))
-        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, train)
+        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, train, memory_valid)
         x = norm(name="norm2")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm3")(x + drop(y))
@@ -143,13 +167,13 @@ class TransformerEncoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features, train: bool = False):
-        """features: [B, H, W, C] → [B, H, W, C]."""
-        x, pos = tokens_and_positions(features, self.dtype)
-        layer_class = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
+    def __call__(self, features, valid=None, train: bool = False):
+        """features: [B, H, W, C], valid: bool [B, H', W'] input pixels or None → [B, H, W, C]."""
+        x, pos, key_valid = tokens_and_positions(features, self.dtype, valid)
+        layer_class = nn.remat(EncoderLayer, static_argnums=(4,)) if self.remat else EncoderLayer
         for i in range(self.num_layers):
             x = layer_class(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")(
-                x, pos, train
+                x, pos, key_valid, train
             )
         return x.reshape(features.shape)
 
@@ -170,18 +194,19 @@ class QueryDecoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, memory, train: bool = False):
-        """memory: [B, H, W, C] → [L, B, Q, C] for L decoder layers."""
+    def __call__(self, memory, valid=None, train: bool = False):
+        """memory: [B, H, W, C], valid: bool [B, H', W'] input pixels or None → [L, B, Q, C] for L
+        decoder layers. With `valid`, positions are mask-aware and padded tokens are never attended."""
         b, c = memory.shape[0], memory.shape[-1]
-        memory, memory_pos = tokens_and_positions(memory, self.dtype)
+        memory, memory_pos, memory_valid = tokens_and_positions(memory, self.dtype, valid)
         query_pos = self.param("query_embed", nn.initializers.normal(1.0), (self.num_queries, c))
         query_pos = query_pos.astype(self.dtype)
         x = jnp.zeros((b, self.num_queries, c), self.dtype)
         final_norm = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="norm")
         outputs = []
-        layer_class = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
+        layer_class = nn.remat(DecoderLayer, static_argnums=(6,)) if self.remat else DecoderLayer
         for i in range(self.num_layers):
             layer = layer_class(self.num_heads, self.dim_feedforward, self.dropout, self.dtype, name=f"layer{i}")
-            x = layer(x, query_pos, memory, memory_pos, train)
+            x = layer(x, query_pos, memory, memory_pos, memory_valid, train)
             outputs.append(final_norm(x))
         return jnp.stack(outputs)

@@ -8,6 +8,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from maskformer_jax.data.pipeline import BATCH_KEYS
+from maskformer_jax.data.transforms import padding_absent
 from maskformer_jax.losses import set_loss
 from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.training.optimizer import learning_rate_schedule
@@ -23,19 +24,28 @@ def normalize(images):
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
-    """(state, batch) → (state, metrics); batch holds image, valid, segments, labels (BATCH_KEYS)."""
+    """(state, batch) → (state, metrics); batch holds image, valid, segments, labels (BATCH_KEYS).
+
+    With padding absent (`transforms.padding_absent`), padded pixels are 0 after normalisation (as
+    detectron2's ImageList pads) and `valid` reaches the model (attention, position encoding) and
+    the loss (mask terms and costs over each image's pixels); otherwise padding counts as image.
+    """
     schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+    absent = padding_absent(config.dataset)
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         dropout_rng, loss_rng = jax.random.split(rng)
+        valid = batch["valid"] if absent else None
         images = normalize(batch["image"])
+        if absent:
+            images = jnp.where(valid[..., None], images, 0.0)
 
         def loss_fn(params):
             outputs = model.apply(
-                {"params": params, "frozen": state.frozen}, images, train=True, rngs={"dropout": dropout_rng}
+                {"params": params, "frozen": state.frozen}, images, valid, train=True, rngs={"dropout": dropout_rng}
             )
-            return set_loss(outputs, batch, config.loss, loss_rng)
+            return set_loss(outputs, batch, config.loss, loss_rng, valid)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
