@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from maskformer_jax.data.pipeline import eval_pipeline, train_pipeline
+from maskformer_jax.data.pipeline import AspectGroupedOrder, eval_pipeline, train_pipeline
+from maskformer_jax.data.sources import DataError
 from maskformer_jax.data.synthetic import SyntheticSource
 
 SOURCE = SyntheticSource(24, (96, 96), seed=9)
@@ -90,7 +91,8 @@ def test_worker_processes_give_the_same_batches_and_resume():
         resumed.close()
 
 
-def test_images_without_labels_are_skipped_in_training():
+def test_images_without_labels_are_trained_as_the_reference_does():
+    """detectron2 filters only datasets with instance "annotations"; all-ignore images train (no targets)."""
     class WithEmpty:
         def __len__(self):
             return 8
@@ -102,8 +104,64 @@ def test_images_without_labels_are_skipped_in_training():
             return example
 
     batches = take(train_pipeline(config(), WithEmpty(), 0, 1), 2)
-    ids = [i for batch in batches for i in batch["image_id"]]
-    assert all(int(i.rsplit("_", 1)[1]) % 2 == 0 for i in ids)
+    empty = [(labels < 0).all() for batch in batches for labels in batch["labels"]]
+    ids = [int(i.rsplit("_", 1)[1]) for batch in batches for i in batch["image_id"]]
+    assert empty == [i % 2 == 1 for i in ids] and any(empty)
+
+
+def detr_config(batch_size=4):
+    c = config(batch_size)
+    c.dataset.update(transform="detr", target_mode="panoptic", min_size_train=(48, 64), max_size_train=96,
+                     crop_min_sizes=(48, 64), crop_size_range=(32, 56))
+    return c
+
+
+def test_detr_batches_are_one_orientation_on_every_process_and_cover_each_epoch():
+    source = SyntheticSource(26, (96, 96), seed=3)
+    order = AspectGroupedOrder(source.image_shapes(), 4, 0, detr_config().dataset)
+    single = take(train_pipeline(detr_config(), source, 0, 1), 2 * order.batches_per_epoch)
+    shapes = {batch["image"].shape[1:3] for batch in single}
+    assert shapes == {(64, 96), (96, 64)}  # both canvases occur, and nothing else
+    for batch in single:  # each image lies in its batch's canvas, in the canvas's orientation
+        height, width = batch["valid"].any(2).sum(1), batch["valid"].any(1).sum(1)
+        assert ((width > height) == (batch["image"].shape[2] > batch["image"].shape[1])).all()
+    epoch = [i for batch in single[: order.batches_per_epoch] for i in batch["image_id"]]
+    assert set(epoch) == {f"synthetic_3_{i}" for i in range(26)} and len(epoch) == 4 * 8
+    # Two processes: at every step both hold halves of the single-process global batch.
+    halves = [take(train_pipeline(detr_config(), source, p, 2), 6) for p in range(2)]
+    for step, batch in enumerate(single[:6]):
+        assert halves[0][step]["image"].shape == halves[1][step]["image"].shape == (2, *batch["image"].shape[1:])
+        merged = sorted(list(halves[0][step]["image_id"]) + list(halves[1][step]["image_id"]))
+        assert merged == sorted(batch["image_id"])
+        np.testing.assert_array_equal(halves[0][step]["image"][0], batch["image"][0])
+    other = detr_config()
+    other.seed = 1
+    assert [b["image_id"].tolist() for b in take(train_pipeline(other, source, 0, 1), 3)] != \
+        [b["image_id"].tolist() for b in single[:3]]
+
+
+def test_detr_pipeline_resumes_exactly_across_epochs():
+    source = SyntheticSource(10, (96, 96), seed=4)  # 4 batches per epoch
+    iterator = iter(train_pipeline(detr_config(), source, 0, 1))
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+    resumed = iter(train_pipeline(detr_config(), source, 0, 1))
+    resumed.set_state(state)
+    for batch in expected:
+        got = next(resumed)
+        for key in batch:
+            np.testing.assert_array_equal(got[key], batch[key])
+
+
+def test_detr_pipeline_names_an_image_whose_listed_size_is_wrong():
+    class Misreported(SyntheticSource):
+        def image_shapes(self):
+            return [(80, 96)] * len(self)
+
+    with pytest.raises(DataError, match="synthetic_0_.* is 96x96 but listed as 80x96"):
+        take(train_pipeline(detr_config(), Misreported(8, (96, 96)), 0, 1), 1)
 
 
 def test_eval_visits_every_example_once_at_its_original_size():

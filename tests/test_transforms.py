@@ -67,20 +67,29 @@ def test_resize_shortest_edge_follows_detectron2_and_keeps_alignment(short, max_
 def test_full_training_recipes_give_legal_targets():
     for name, config in (("semantic", tiny.get_config()), ("detr", tiny.get_config())):
         config.dataset.transform = name
-        if name == "detr":  # the pad size must hold the largest resize: short <= 64, long <= 96
-            config.dataset.image_size, config.dataset.min_size_train, config.dataset.max_size_train = (96, 96), (48, 64), 96
+        if name == "detr":  # canvases 64x96 and 96x64 hold every resize: short <= 64, long <= 96
+            config.dataset.min_size_train, config.dataset.max_size_train = (48, 64), 96
             config.dataset.crop_min_sizes, config.dataset.crop_size_range = (48, 64), (32, 56)
         source = SyntheticSource(30, (96, 96), seed=5)
+        shapes = set()
         for index in range(30):
             rng = np.random.default_rng(index)
-            example = transforms.TRAIN_TRANSFORMS[name](source[index], rng, config.dataset)
+            raw = source[index]
+            example = transforms.TRAIN_TRANSFORMS[name](raw, rng, config.dataset)
             targets = make_targets(example, "panoptic", max_targets=10)
-            assert targets["image"].shape == (*config.dataset.image_size, 3) and targets["image"].dtype == np.uint8
+            assert targets["image"].dtype == np.uint8
+            shapes.add(targets["image"].shape)
             labels, segments = targets["labels"], targets["segments"]
             count = int((labels >= 0).sum())
+            assert count == len(raw["classes"])  # every segment is a target, with pixels left or not
+            np.testing.assert_array_equal(labels[:count], raw["classes"])
             assert set(np.unique(segments)) <= set(range(-1, count))
-            assert set(np.unique(segments[segments >= 0])) == set(range(count))  # no empty target
             assert (segments[~targets["valid"]] == -1).all()
+            if name == "detr":  # the image lies in the canvas of its orientation
+                height, width = targets["valid"].any(1).sum(), targets["valid"].any(0).sum()
+                assert targets["image"].shape[:2] == ((64, 96) if width > height else (96, 64))
+        expected = {(64, 96, 3), (96, 64, 3)} if name == "detr" else {(*config.dataset.image_size, 3)}
+        assert shapes == expected
 
 
 def test_crop_rule_rejects_crops_dominated_by_one_class():

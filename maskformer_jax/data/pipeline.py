@@ -3,16 +3,22 @@ checkpointable) and evaluation (every example exactly once, at its original size
 
 A training batch, per process: image uint8 [b, H, W, 3], valid bool [b, H, W], segments int32
 [b, H, W], labels int32 [b, T] (BATCH_KEYS, for the device) and image_id [b] (stays on the host),
-with b = config.batch_size / process count. Evaluation examples (EVAL_KEYS) come one at a time: the
+with b = config.batch_size / process count. (H, W) is one of `transforms.training_canvases`: the
+crop size for the semantic recipe; for the DETR recipe a landscape or a portrait canvas, the same
+for the whole global batch on every process (`AspectGroupedOrder`). Evaluation examples (EVAL_KEYS) come one at a time: the
 resized images in `views`, the raw ground truth and the original height and width; evaluation.py
 groups them into batches of one size.
 """
 
 import functools
+import math
+import sys
+import threading
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from maskformer_jax.data import sources, synthetic, transforms
 from maskformer_jax.data.targets import make_targets
@@ -49,16 +55,87 @@ def _train_example(example, rng, dataset, max_targets):
     return {key: example[key] for key in TRAIN_KEYS}
 
 
-def _has_labels(example):
-    """The reference filters images whose pixels are all ignore from training."""
-    return bool((example["segments"] >= 0).any())
+def image_shapes(source) -> np.ndarray:
+    """(height, width) of every example, int [N, 2]: `source.image_shapes()` where the source knows
+    them without decoding (COCO's JSON, image headers), else by decoding each example once."""
+    if hasattr(source, "image_shapes"):
+        return np.asarray(source.image_shapes(), np.int64).reshape(len(source), 2)
+    print(f"reading the sizes of {len(source)} training images (the source does not list them) ...", flush=True)
+    return np.asarray([source[i]["image"].shape[:2] for i in range(len(source))], np.int64).reshape(-1, 2)
+
+
+class AspectGroupedOrder:
+    """The DETR recipe's global training order: batches of one canvas orientation.
+
+    Element p of the endless stream is (example index, its row of `transforms.plan_detr`, canvas):
+    every random choice of the mapper is drawn per epoch from (seed, epoch) and known before any
+    image is read, so the output size, and with it the orientation, is known from the image sizes
+    alone. Each epoch deals its permutation into landscape and portrait batches of `batch_size` (a
+    batch completes in permutation order, as detectron2's AspectRatioGroupedDataset fills its two
+    buckets) and has a fixed count of batches, ceil(N / batch_size) + 1: an orientation's last
+    batch is completed with the first examples of that orientation again, and the extra batch goes
+    to the more frequent one. Every example is seen each epoch, a few (< 3 batches) twice. Every
+    process computes the same order; `[process_index::process_count]` then takes its share of
+    each global batch.
+    """
+
+    def __init__(self, shapes, batch_size: int, seed: int, dataset: ml_collections.ConfigDict):
+        self.shapes, self.batch_size, self.seed, self.dataset = np.asarray(shapes), batch_size, seed, dataset
+        self.batches_per_epoch = math.ceil(len(self.shapes) / batch_size) + 1
+        self._lock, self._cache = threading.Lock(), {}
+
+    def __len__(self):
+        return sys.maxsize
+
+    def epoch(self, epoch: int):
+        """(example index [M], plan {key: [M, ...]}, orientation [M]), M = batches_per_epoch * batch_size."""
+        with self._lock:
+            if epoch not in self._cache:
+                self._cache = {epoch: self._compute(epoch)}  # one epoch at a time is enough
+            return self._cache[epoch]
+
+    def _compute(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.shapes))
+        plan = transforms.plan_detr(self.shapes[order, 0], self.shapes[order, 1], rng, self.dataset)
+        orientations = transforms.orientation(plan["size"][:, 0], plan["size"][:, 1])
+        positions = [np.flatnonzero(orientations == o) for o in (0, 1)]
+        counts = [math.ceil(len(p) / self.batch_size) for p in positions]
+        counts[int(len(positions[1]) > len(positions[0]))] += self.batches_per_epoch - sum(counts)
+        batches = [np.resize(p, (n, self.batch_size)) for p, n in zip(positions, counts) if n]
+        batches = np.concatenate(batches)
+        batches = batches[np.argsort(batches.max(axis=1), kind="stable")].reshape(-1)  # completion order
+        return order[batches], {key: value[batches] for key, value in plan.items()}, orientations[batches]
+
+    def __getitem__(self, position: int):
+        epoch, offset = divmod(position, self.batches_per_epoch * self.batch_size)
+        indices, plan, orientations = self.epoch(epoch)
+        index = int(indices[offset])
+        listed_size = tuple(int(v) for v in self.shapes[index])
+        return index, listed_size, {key: value[offset] for key, value in plan.items()}, int(orientations[offset])
+
+
+def _grouped_train_example(element, source, dataset, max_targets):
+    """One element of `AspectGroupedOrder` read, transformed as planned, padded to its canvas."""
+    index, listed_size, plan, orientation = element
+    example = source[index]
+    if example["image"].shape[:2] != listed_size:
+        height, width = example["image"].shape[:2]
+        raise sources.DataError(f"image {example['image_id']} is {height}x{width} but listed as "
+                                f"{listed_size[0]}x{listed_size[1]} by its source; fix the annotation file")
+    example = transforms.detr_apply(example, plan)
+    example = transforms.pad(example, transforms.training_canvases(dataset)[orientation])
+    example = make_targets(example, dataset.target_mode, max_targets, dataset.drop_smallest_targets)
+    return {key: example[key] for key in TRAIN_KEYS}
 
 
 def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index=None, process_count=None):
     """An endless, shuffled, augmented, batched grain IterDataset for this process.
 
     Each epoch is one permutation of the whole source (seeded by config.seed), dealt round-robin to
-    the processes, so processes see disjoint examples. `iter(...)` gives an iterator whose
+    the processes, so processes see disjoint examples; the DETR recipe groups it into batches of one
+    orientation first (`AspectGroupedOrder`). Images whose pixels are all ignore are trained too
+    (detectron2 filters only datasets with instance "annotations"). `iter(...)` gives an iterator whose
     `get_state()` / `set_state()` resume exactly.
     """
     process_index = jax.process_index() if process_index is None else process_index
@@ -68,18 +145,26 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
     source = build_source(config.dataset, "train") if source is None else source
     if len(source) == 0:
         raise ValueError(f"the training split of {config.dataset.name!r} is empty")
+    if config.dataset.transform == "detr":
+        order = AspectGroupedOrder(image_shapes(source), config.batch_size, config.seed, config.dataset)
+        # Global position p → process p % process_count: each global batch's positions are consecutive,
+        # so every process's batch k is its share of global batch k, all of one orientation.
+        dataset = grain.MapDataset.source(order)[process_index::process_count].map(functools.partial(
+            _grouped_train_example, source=source, dataset=config.dataset, max_targets=config.loss.max_targets))
+    else:
+        dataset = (
+            grain.MapDataset.source(source)
+            .seed(config.seed)
+            .shuffle()
+            .repeat(None)
+            .random_map(functools.partial(_train_example, dataset=config.dataset, max_targets=config.loss.max_targets))
+            # Slice after random_map: grain seeds each example by its index in the dataset being mapped,
+            # so augmentations must be drawn on global indices to be independent of the process count.
+            # MapDataset is lazy: each process still reads and transforms only its own examples.
+            [process_index::process_count]
+        )
     dataset = (
-        grain.MapDataset.source(source)
-        .seed(config.seed)
-        .shuffle()
-        .repeat(None)
-        .filter(_has_labels)
-        .random_map(functools.partial(_train_example, dataset=config.dataset, max_targets=config.loss.max_targets))
-        # Slice after random_map: grain seeds each example by its index in the dataset being mapped,
-        # so augmentations must be drawn on global indices to be independent of the process count.
-        # MapDataset is lazy: each process still reads and transforms only its own examples.
-        [process_index::process_count]
-        .to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=16))
+        dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=16))
         .batch(config.batch_size // process_count, drop_remainder=True)
     )
     if config.dataset.num_workers > 0:

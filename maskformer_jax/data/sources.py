@@ -15,7 +15,7 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -24,24 +24,42 @@ class DataError(ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names it."""
 
 
+# EXIF orientations that swap height and width (transpose, rotate 270, transverse, rotate 90).
+_EXIF_ORIENTATION, _SWAPPING_ORIENTATIONS = 0x0112, (5, 6, 7, 8)
+
+
 def read_image(path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB."""
+    """uint8 [H, W, 3] RGB, with the file's EXIF orientation applied (as detectron2's read_image)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: unreadable image ({error})") from error
 
 
 def read_label(path) -> np.ndarray:
-    """The stored values of a label image: [H, W] for single-channel, [H, W, 3] for RGB."""
+    """The stored values of a label image: [H, W] for single-channel, [H, W, 3] for RGB; EXIF
+    orientation applied, as detectron2 reads labels with the same read_image."""
     try:
         with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
             if image.mode == "P":  # palette PNGs store the label in the index, not the colour
                 return np.asarray(image)
             return np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA") else image)
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: unreadable label ({error})") from error
+
+
+def image_shape(path) -> tuple[int, int]:
+    """(height, width) of an image file as `read_image` returns it, from its header alone."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPPING_ORIENTATIONS:
+                width, height = height, width
+            return height, width
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: unreadable image ({error})") from error
 
 
 def _check_same_size(image, label, image_path, label_path):
@@ -88,6 +106,10 @@ class SemanticFolderSource:
 
     def __len__(self):
         return len(self.images)
+
+    def image_shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from the file headers."""
+        return [image_shape(path) for path in self.images]
 
     def __getitem__(self, index):
         image = read_image(self.images[index])
@@ -170,7 +192,7 @@ class CocoPanopticSource:
             data = json.loads(annotation_json.read_text())
             categories = sorted(data["categories"], key=lambda c: c["id"])
             annotations = data["annotations"]
-            files = {image["id"]: image["file_name"] for image in data["images"]}
+            files = {image["id"]: image for image in data["images"]}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{annotation_json}: not a COCO panoptic annotation file ({error!r})") from error
         self.class_names = [c["name"] for c in categories]
@@ -182,7 +204,10 @@ class CocoPanopticSource:
         for annotation in self.annotations:
             if annotation["image_id"] not in files:
                 raise DataError(f"{annotation_json}: annotation of unknown image id {annotation['image_id']}")
-            annotation["image_file"] = files[annotation["image_id"]]
+            annotation["image_file"] = files[annotation["image_id"]]["file_name"]
+            if "height" in files[annotation["image_id"]]:
+                annotation["height"] = int(files[annotation["image_id"]]["height"])
+                annotation["width"] = int(files[annotation["image_id"]]["width"])
             for segment in annotation["segments_info"]:
                 if segment["category_id"] not in self.category_to_class:
                     raise DataError(
@@ -198,6 +223,12 @@ class CocoPanopticSource:
 
     def __len__(self):
         return len(self.annotations)
+
+    def image_shapes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image as the JSON lists it (detectron2 checks images against it),
+        or from the file's header where the JSON has no size."""
+        return [(a["height"], a["width"]) if "height" in a else image_shape(self.image_dir / a["image_file"])
+                for a in self.annotations]
 
     def __getitem__(self, index):
         annotation = self.annotations[index]

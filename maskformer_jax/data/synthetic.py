@@ -60,6 +60,9 @@ class SyntheticSource:
     def __len__(self):
         return self.num_examples
 
+    def image_shapes(self) -> list[tuple[int, int]]:
+        return [self.image_size] * self.num_examples
+
     def __getitem__(self, index):
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} synthetic examples")
