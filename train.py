@@ -120,11 +120,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
     evaluator = Evaluator(config, model) if config.eval_every else None
-    step, metrics, pending = int(state.step), {}, None
+    step, metrics, pending, canvases = int(state.step), {}, None, set()
     try:
         with jax.set_mesh(mesh):
             while step < config.num_steps:
-                state, step_metrics = train_step(state, global_batch(next(iterator), mesh))
+                batch = global_batch(next(iterator), mesh)
+                canvas = batch["image"].shape[1:3]
+                if canvas not in canvases:  # one compiled step per canvas (two for the DETR recipe)
+                    canvases.add(canvas)
+                    logger.info(f"compiling the train step for {canvas[0]}x{canvas[1]} batches ...")
+                state, step_metrics = train_step(state, batch)
                 step += 1
                 if pending is not None:  # look at the previous step while this one runs
                     in_a_row = int(pending["nonfinite_in_a_row"])

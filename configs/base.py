@@ -73,13 +73,13 @@ def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.Confi
     config.dataset.name = "coco_panoptic"
     config.dataset.transform = "detr"
     config.dataset.target_mode = "panoptic"
-    # Static shapes: images are padded to this fixed size, which holds every DETR-style resize
-    # (short side <= 800, long side <= 1333) in either orientation, rounded up to a multiple of 32.
-    config.dataset.image_size = (1344, 1344)
+    # Training batches are grouped by orientation onto two canvases that follow from the resize limits
+    # (short side <= 800, long side <= 1333, rounded up to 32): 800x1344 and 1344x800. Their padding is
+    # absent (dataset.padding), as in the reference's one-image-per-GPU run. image_size is the landscape
+    # canvas, for tools that need one size (summary, benchmarks).
+    config.dataset.image_size = (800, 1344)
     config.dataset.min_size_train = tuple(range(480, 801, 32))
     config.dataset.max_size_train = 1333
-    config.dataset.crop_min_sizes = (400, 500, 600)  # first resize of the crop branch (p = 0.5)
-    config.dataset.crop_size_range = (384, 600)  # random crop side range of the crop branch
     config.dataset.min_size_test = 800
     config.dataset.max_size_test = 1333
     # The reference tests COCO one image at a time without padding; padding to 32 instead makes the
@@ -122,7 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.name = "ade20k"
     config.dataset.ignore_label = 255
     config.dataset.num_classes = config.model.get_ref("num_classes")
-    config.dataset.image_size = (512, 512)  # fixed (H, W) of training images: the crop, padded to it
+    # (H, W) of training images: the crop, padded to it ("semantic"); "detr" derives its two canvases
+    # from min_size_train and max_size_train (transforms.training_canvases).
+    config.dataset.image_size = (512, 512)
     config.dataset.min_size_train = tuple(int(0.1 * x * 512) for x in range(5, 21))  # short side choices
     config.dataset.max_size_train = 2048
     config.dataset.min_size_test = 512
@@ -136,6 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.padding = ""
     config.dataset.target_mode = "semantic"  # "semantic": a target per class; "panoptic": per segment
     config.dataset.single_category_max_area = 1.0  # crop rule; 1.0 (every paper config) turns it off
+    config.dataset.crop_min_sizes = (400, 500, 600)  # "detr": first resize of the crop branch (p = 0.5)
+    config.dataset.crop_size_range = (384, 600)  # "detr": random crop side range of the crop branch
     config.dataset.drop_smallest_targets = False  # too many segments: drop the smallest instead of failing
     config.dataset.reduce_zero_label = False  # semantic_folder: label 0 is ignore, v becomes v - 1
     config.dataset.tfds_name = ""  # name "tfds": e.g. "ade20k_semantic" or "coco/2017_panoptic:1.1.0"

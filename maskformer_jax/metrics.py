@@ -24,8 +24,14 @@ def confusion_matrix(predictions, targets, num_classes: int):
 
 
 def semantic_metrics(confusion) -> dict:
-    """mIoU, fwIoU, mACC, pACC (x100) and per-class IoU and accuracy from a [K, K] confusion matrix
-    (gt x pred). Classes absent from the ground truth are left out of the means (NaN), as detectron2 does.
+    """mIoU, mIoU_gt, fwIoU, mACC, pACC (x100) and per-class IoU and accuracy from a [K, K] confusion
+    matrix (gt x pred).
+
+    "mIoU" is the paper's: detectron2's SemSegEvaluator before July 2022 (commit f3c1bc19) summed
+    the IoU of the classes present in the ground truth and divided by the number of classes present
+    in the ground truth *or* the prediction, so a predicted class absent from the ground truth
+    counts as IoU 0. "mIoU_gt" is detectron2's rule since: the mean over ground-truth classes only.
+    Per-class IoU and accuracy are NaN for classes absent from the ground truth.
     """
     confusion = np.asarray(confusion, np.float64)
     true_positive = np.diag(confusion)
@@ -37,8 +43,10 @@ def semantic_metrics(confusion) -> dict:
     accuracy = np.full(len(confusion), np.nan)
     accuracy[present] = true_positive[present] / ground_truth[present]
     frequency = ground_truth / max(ground_truth.sum(), 1)
+    in_either = (ground_truth + predicted) > 0
     return {
-        "mIoU": 100 * float(np.nanmean(iou)) if present.any() else float("nan"),
+        "mIoU": 100 * float(np.nansum(iou) / in_either.sum()) if present.any() else float("nan"),
+        "mIoU_gt": 100 * float(np.nanmean(iou)) if present.any() else float("nan"),
         "fwIoU": 100 * float(np.nansum(frequency * iou)),
         "mACC": 100 * float(np.nanmean(accuracy)) if present.any() else float("nan"),
         "pACC": 100 * float(true_positive.sum() / max(ground_truth.sum(), 1)),

@@ -20,10 +20,47 @@ def test_semantic_metrics_by_hand():
     result = metrics.semantic_metrics(confusion)
     iou = [8 / (10 + 9 - 8), 4 / (10 + 6 - 4)]  # TP / (GT + predicted - TP)
     assert result["IoU"][:2] == pytest.approx([100 * v for v in iou]) and np.isnan(result["IoU"][2])
-    assert result["mIoU"] == pytest.approx(100 * np.mean(iou))  # class 2 (no ground truth) left out
+    assert result["mIoU_gt"] == pytest.approx(100 * np.mean(iou))  # class 2 (no ground truth) left out
+    assert result["mIoU"] == pytest.approx(100 * np.sum(iou) / 3)  # class 2 (predicted) counts as IoU 0
     assert result["fwIoU"] == pytest.approx(100 * (0.5 * iou[0] + 0.5 * iou[1]))
     assert result["mACC"] == pytest.approx(100 * (8 / 10 + 4 / 10) / 2)
     assert result["pACC"] == pytest.approx(100 * 12 / 20)
+
+
+def detectron2_2021_semantic_metrics(conf_matrix):
+    """detectron2's SemSegEvaluator.evaluate before commit f3c1bc19 (July 2022), restated: its
+    (K + 1) x (K + 1) matrix has predictions as rows, ground truth as columns, ignore last."""
+    num_classes = conf_matrix.shape[0] - 1
+    acc = np.full(num_classes, np.nan)
+    iou = np.full(num_classes, np.nan)
+    tp = conf_matrix.diagonal()[:-1].astype(float)
+    pos_gt = np.sum(conf_matrix[:-1, :-1], axis=0).astype(float)
+    class_weights = pos_gt / np.sum(pos_gt)
+    pos_pred = np.sum(conf_matrix[:-1, :-1], axis=1).astype(float)
+    acc_valid = pos_gt > 0
+    acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+    iou_valid = (pos_gt + pos_pred) > 0
+    union = pos_gt + pos_pred - tp
+    iou[acc_valid] = tp[acc_valid] / union[acc_valid]
+    macc = np.sum(acc[acc_valid]) / np.sum(acc_valid)
+    miou = np.sum(iou[acc_valid]) / np.sum(iou_valid)
+    fiou = np.sum(iou[acc_valid] * class_weights[acc_valid])
+    pacc = np.sum(tp) / np.sum(pos_gt)
+    return {"mIoU": 100 * miou, "fwIoU": 100 * fiou, "mACC": 100 * macc, "pACC": 100 * pacc}
+
+
+def test_semantic_metrics_equal_detectron2_2021_on_random_maps():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        num_classes = 6
+        gt = rng.integers(-1, num_classes - 2, 500)  # classes 4 and 5 never in the ground truth
+        pred = np.where(rng.random(500) < 0.6, np.maximum(gt, 0), rng.integers(0, num_classes - trial % 2, 500))
+        ours = metrics.semantic_metrics(metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(gt), num_classes))
+        gt_d2 = np.where(gt < 0, num_classes, gt)
+        conf = np.bincount((num_classes + 1) * pred + gt_d2, minlength=(num_classes + 1) ** 2)
+        reference = detectron2_2021_semantic_metrics(conf.reshape(num_classes + 1, num_classes + 1))
+        for key, value in reference.items():
+            assert ours[key] == pytest.approx(value), key
 
 
 def contingency_of(gt, pred, num_gt, num_pred, valid=None):

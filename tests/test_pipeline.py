@@ -176,7 +176,9 @@ def test_eval_visits_every_example_once_at_its_original_size():
     assert set(shards[0]).isdisjoint(shards[1]) and len(shards[0]) + len(shards[1]) == 13
     c.eval.update(tta=True, tta_sizes=(32, 64), num_examples=5)
     examples = list(eval_pipeline(c, source, 0, 1))
-    assert len(examples) == 5 and [v.shape[:2] for v in examples[0]["views"]] == [(38, 32), (77, 64)]
+    # Views are resized from the test mapper's 77x64 image (DatasetMapperTTA): 77 * 32 / 64 = 38.5 → 39,
+    # where resizing the 96x80 original would give 38.
+    assert len(examples) == 5 and [v.shape[:2] for v in examples[0]["views"]] == [(39, 32), (77, 64)]
     c.eval.max_segments = 2
     with pytest.raises(ValueError, match="synthetic_2_0 has .* segments, more than config.eval.max_segments = 2"):
         list(eval_pipeline(c, source, 0, 1))

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -89,6 +90,26 @@ def test_tiny_config_overfits_a_few_images(tmp_path, environment):
     assert lines[-2]["step"] == 150 and np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), losses
     assert lines[-1]["split"] == "eval" and lines[-1]["step"] == 150 and 0 <= lines[-1]["mIoU"] <= 100
     assert (tmp_path / "tensorboard").is_dir() and checkpoint_steps(tmp_path)[-1] == 150
+
+
+def test_coco_recipe_compiles_one_train_step_per_canvas(tmp_path, environment):
+    """The DETR recipe on the synthetic set: batches on a landscape and a portrait canvas, padding
+    absent (the encoder's masks in use), each canvas compiled once; panoptic evaluation at the end."""
+    output = train(tmp_path, dict(environment, JAX_LOG_COMPILES="1"), "--config.num_steps=8",
+                   "--config.checkpoint_every=1000", "--config.dataset.synthetic_train_examples=12",
+                   "--config.dataset.transform=detr", "--config.dataset.target_mode=panoptic",
+                   "--config.dataset.min_size_train=(48,64)", "--config.dataset.max_size_train=96",
+                   "--config.dataset.crop_min_sizes=(48,64)", "--config.dataset.crop_size_range=(32,56)",
+                   "--config.model.encoder_layers=1", "--config.inference.task=panoptic", "--config.eval_every=8",
+                   "--config.eval.num_examples=2")
+    compiled = re.findall(r"Compiling jit\(train_step\) with global shapes and types \((.*?)\)\. Argument", output)
+    canvases = sorted(re.findall(r"uint8\[4,(\d+),(\d+),3\]", line)[0] for line in compiled)
+    assert canvases == [("64", "96"), ("96", "64")], canvases
+    for canvas in ("64x96", "96x64"):
+        assert output.count(f"compiling the train step for {canvas} batches") == 1
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["split"] == "train"] == list(range(1, 9))
+    assert lines[-1]["split"] == "eval" and 0 <= lines[-1]["PQ"] <= 100
 
 
 def test_non_finite_gradients_stop_training_after_the_configured_count(tmp_path, monkeypatch):

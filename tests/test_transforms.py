@@ -126,3 +126,137 @@ def test_evaluation_transform_keeps_the_original_size():
     example = transforms.evaluation(pattern(), short_sizes=(30, 10), max_size=40)
     assert (example["height"], example["width"]) == (60, 90) and example["segments"].shape == (60, 90)
     assert [view.shape for view in example["views"]] == [(27, 40, 3), (10, 15, 3)]  # the first capped at 40
+
+
+def detectron2_output_shape(oldh, oldw, short_edge_length, max_size):
+    """detectron2's ResizeShortestEdge.get_output_shape, restated."""
+    h, w = oldh, oldw
+    size = short_edge_length * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        newh, neww = size, scale * w
+    else:
+        newh, neww = scale * h, size
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh = newh * scale
+        neww = neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def test_resized_shape_is_detectron2s_get_output_shape():
+    rng = np.random.default_rng(0)
+    heights, widths = rng.integers(1, 3000, 200_000), rng.integers(1, 3000, 200_000)
+    shorts, max_sizes = rng.integers(32, 1400, 200_000), rng.integers(200, 2600, 200_000)
+    ours = np.stack(transforms.resized_shape(heights, widths, shorts, max_sizes[0]), 1)
+    expected = [detectron2_output_shape(h, w, s, max_sizes[0]) for h, w, s in zip(heights, widths, shorts)]
+    np.testing.assert_array_equal(ours, expected)
+    for h, w, s, m in list(zip(heights, widths, shorts, max_sizes))[:20_000]:  # scalar form, varying caps
+        assert transforms.resized_shape(h, w, s, m) == detectron2_output_shape(h, w, s, m)
+
+
+@pytest.mark.parametrize("size", [(77, 130), (200, 333), (45, 31)])
+def test_semantic_labels_resize_as_torch_interpolate_nearest(size):
+    """The semantic mapper casts labels to float and resizes them with F.interpolate(mode="nearest")."""
+    import torch
+    import torch.nn.functional as F
+
+    example = pattern()
+    resized = transforms.resize(example, *size, label_rule="torch")
+    label = torch.from_numpy(example["segments"].astype(np.float64))[None, None]
+    expected = F.interpolate(label, size, mode="nearest")[0, 0].numpy().astype(np.int32)
+    np.testing.assert_array_equal(resized["segments"], expected)
+    pil = transforms.resize(example, *size)["segments"]  # the panoptic (uint8 PNG) rule differs here
+    assert (pil != expected).any()
+
+
+def reference_category_area_crop(segments, classes, rng, size, max_area):
+    """detectron2's RandomCrop_CategoryAreaConstraint.get_transform (crop type "absolute"), restated
+    with our generator: 10 draws, the first that passes or else the 10th."""
+    h, w = segments.shape
+    crop_h, crop_w = min(size[0], h), min(size[1], w)
+    for _ in range(10):
+        y0, x0 = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
+        window = segments[y0: y0 + crop_h, x0: x0 + crop_w]
+        labels, count = np.unique(np.where(window >= 0, classes[np.maximum(window, 0)], -1), return_counts=True)
+        count = count[labels != -1]
+        if len(count) > 1 and np.max(count) < np.sum(count) * max_area:
+            break
+    return y0, x0
+
+
+def test_category_area_crop_draws_as_the_reference():
+    segments = np.zeros((100, 100), np.int32)
+    segments[40:60, 40:60] = 1
+    segments[:5] = -1
+    example = {"image": np.arange(100 * 100 * 3).reshape(100, 100, 3), "segments": segments,
+               "valid": np.ones((100, 100), bool)}
+    for seed in range(60):
+        for max_area in (0.9, 0.5):  # 0.5 never passes: the 10th draw is kept
+            crop = transforms.random_crop(example, np.random.default_rng(seed), (30, 30), max_area, np.arange(2))
+            y0, x0 = reference_category_area_crop(segments, np.arange(2), np.random.default_rng(seed), (30, 30), max_area)
+            np.testing.assert_array_equal(crop["image"], example["image"][y0:y0 + 30, x0:x0 + 30])
+
+
+def test_detr_plan_follows_the_reference_mapper():
+    """Flip; crop branch: ResizeShortestEdge([400, 500, 600]) with no long-side cap, then an
+    absolute_range crop; then ResizeShortestEdge(min_size_train, max_size_train)."""
+    from configs import coco_panoptic_r50
+
+    dataset = coco_panoptic_r50.get_config().dataset
+    heights = np.array([100, 480, 640, 427, 1000] * 400)
+    widths = np.array([1000, 640, 480, 640, 150] * 400)
+    plan = transforms.plan_detr(heights, widths, np.random.default_rng(0), dataset)
+    cropped = plan["first_size"] != np.stack([heights, widths], 1)
+    for i in range(len(heights)):
+        top, left, crop_h, crop_w = plan["crop"][i]
+        if cropped[i].any():
+            short = min(plan["first_size"][i]) if heights[i] != widths[i] else plan["first_size"][i][0]
+            assert short in (400, 500, 600)
+            assert tuple(plan["first_size"][i]) == detectron2_output_shape(heights[i], widths[i], short, float("inf"))
+            for side, first in ((crop_h, plan["first_size"][i][0]), (crop_w, plan["first_size"][i][1])):
+                assert min(first, 384) <= side <= min(first, 600)
+            assert 0 <= top <= plan["first_size"][i][0] - crop_h and 0 <= left <= plan["first_size"][i][1] - crop_w
+        else:
+            assert (top, left, crop_h, crop_w) == (0, 0, heights[i], widths[i])
+        final = plan["size"][i]
+        short = min(final)
+        assert final.max() <= 1333 and short <= 800
+    assert plan["first_size"][0].tolist() in ([400, 4000], [500, 5000], [600, 6000]) or not cropped[0].any()
+    assert 0.45 < plan["flip"].mean() < 0.55 and 0.45 < cropped.any(1).mean() < 0.55
+    # No cap on the first resize: 100x1000 images reach a long side of 4000-6000 in the crop branch.
+    assert plan["first_size"][::5][cropped[::5].any(1)][:, 1].min() >= 4000
+    example = pattern(480, 640)
+    row = {key: value[1] for key, value in plan.items()}
+    assert transforms.detr_apply(example, row)["image"].shape[:2] == tuple(row["size"])
+
+
+def test_panoptic_targets_follow_the_detr_panoptic_mapper():
+    """Every non-crowd segment of the annotation, in its order, with mask `segments == id` and no
+    area test: a segment the crop removed is an all-zero target."""
+    example = pattern()
+    example["iscrowd"] = np.zeros(12, bool)
+    example["iscrowd"][5] = True
+    cropped = transforms.crop(example, 0, 0, 30, 40)  # blocks 2, 3, 6, 7, 8-11 lose every pixel
+    targets = make_targets(cropped, "panoptic", max_targets=15)
+    expected_ids = [i for i in range(12) if not example["iscrowd"][i]]
+    expected_masks = [cropped["segments"] == i for i in expected_ids]
+    labels = targets["labels"]
+    np.testing.assert_array_equal(labels[: len(expected_ids)], example["classes"][expected_ids])
+    assert (labels[len(expected_ids):] == -1).all()
+    for slot, mask in enumerate(expected_masks):
+        np.testing.assert_array_equal(targets["segments"] == slot, mask)
+    assert sum(not mask.any() for mask in expected_masks) >= 6
+
+
+def test_images_are_read_with_their_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from maskformer_jax.data.sources import image_shape, read_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored pixels are to be rotated 90° clockwise for display
+    Image.fromarray(pixels).save(tmp_path / "rotated.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "rotated.png"), np.rot90(pixels, k=-1))
+    assert image_shape(tmp_path / "rotated.png") == (30, 20)

@@ -172,11 +172,11 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
     return dataset
 
 
-def _eval_example(example, short_sizes, max_size, max_segments):
+def _eval_example(example, short_sizes, max_size, max_segments, test_size=None):
     if len(example["classes"]) > max_segments:
         raise ValueError(f"image {example['image_id']} has {len(example['classes'])} segments, more than "
                          f"config.eval.max_segments = {max_segments}")
-    example = transforms.evaluation(example, short_sizes, max_size)
+    example = transforms.evaluation(example, short_sizes, max_size, test_size)
     return {key: example[key] for key in EVAL_KEYS}
 
 
@@ -190,12 +190,13 @@ def eval_pipeline(config: ml_collections.ConfigDict, source=None, process_index=
     if len(source) == 0:
         raise ValueError(f"the {config.eval.split} split of {config.dataset.name!r} is empty")
     dataset, evaluation = config.dataset, config.eval
-    if evaluation.tta:
+    test_size = (dataset.min_size_test, dataset.max_size_test)
+    if evaluation.tta:  # views resized from the test mapper's output, as detectron2's DatasetMapperTTA
         short_sizes, max_size = evaluation.tta_sizes, evaluation.tta_max_size
     else:
-        short_sizes, max_size = (dataset.min_size_test,), dataset.max_size_test
+        (short_sizes, max_size), test_size = ((dataset.min_size_test,), dataset.max_size_test), None
     prepare = functools.partial(_eval_example, short_sizes=tuple(short_sizes), max_size=max_size,
-                                max_segments=evaluation.max_segments)
+                                max_segments=evaluation.max_segments, test_size=test_size)
     examples = grain.MapDataset.source(source)
     if evaluation.num_examples:
         examples = examples[: evaluation.num_examples]

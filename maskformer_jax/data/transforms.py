@@ -235,11 +235,19 @@ def detr_train(example, rng, dataset, canvas=None):
     return pad(example, canvas or training_canvases(dataset)[int(orientation(*plan["size"]))])
 
 
-def evaluation(example, short_sizes: Sequence[int], max_size: int):
+def evaluation(example, short_sizes: Sequence[int], max_size: int, test_size: Sequence[int] | None = None):
     """The reference's test mapper: the image resized once per short side in `short_sizes` (long
-    side <= max_size) into `views`; the ground truth stays at the original size (height, width)."""
+    side <= max_size) into `views`; the ground truth stays at the original size (height, width).
+
+    With `test_size` (min_size_test, max_size_test: test-time augmentation), the image is first
+    resized by the test mapper and each view is resized from that, as detectron2's DatasetMapperTTA
+    receives the test mapper's output.
+    """
     height, width = example["image"].shape[:2]
-    views = tuple(resize_image(example["image"], *resized_shape(height, width, short, max_size)) for short in short_sizes)
+    image = example["image"]
+    if test_size is not None:
+        image = resize_image(image, *resized_shape(height, width, *test_size))
+    views = tuple(resize_image(image, *resized_shape(*image.shape[:2], short, max_size)) for short in short_sizes)
     return dict(example, views=views, height=height, width=width)
 
 
