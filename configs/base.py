@@ -68,7 +68,22 @@ def use_crop_640(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """COCO panoptic: 133 classes, DETR-style augmentation, batch 64, 554,400 steps with a x0.1 step at
-    369,600, 10 no-op warmup steps (SPEC.md §5, §6)."""
+    369,600, 10 no-op warmup steps (SPEC.md §5, §6).
+
+    The reference trains one unpadded image per GPU. Deliberate differences, each for static shapes:
+    - images lie on an 800x1344 or 1344x800 canvas; the padding is absent from losses, costs,
+      attention, positions and GroupNorm statistics, but the backbone's convolutions at the image's
+      bottom and right edges see zeros of the input and activations of the layers below where the
+      reference sees each layer's own zero padding;
+    - mask logits are upsampled x4 and cropped to the image, where the reference resizes them to the
+      image size exactly (the same when the image's sides are multiples of 4);
+    - batches are grouped by the orientation of the augmented image, and each epoch has a fixed
+      number of batches, so a few examples (fewer than 3 batches) repeat per epoch;
+    - an image with more non-crowd segments than loss.max_targets (100) is an error unless
+      dataset.drop_smallest_targets is set (the reference matches 100 of them and counts all in
+      the normaliser);
+    - evaluation pads images to a multiple of 32 (absent, as in training) to batch them.
+    """
     config.model.num_classes = 133
     config.dataset.name = "coco_panoptic"
     config.dataset.transform = "detr"
@@ -113,6 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.encoder_layers = 0  # transformer encoder layers on res5 in the pixel decoder (COCO R50/R101: 6)
     config.model.enforce_input_projection = False  # 1x1 conv before the decoder even when widths agree
     config.model.dtype = "float32"  # activations: "float32" or "bfloat16"; parameters stay float32
+    # Precision of every convolution, dense layer and einsum of the model, loss and matching costs:
+    # "default" (XLA's choice: TF32 / bfloat16 passes for float32 on GPUs and TPUs, fast), "high", or
+    # "highest" (full float32, ~3-6x slower matmuls on accelerators; parity checks). CPUs are unaffected.
+    config.model.precision = "default"
     # Recompute activations in the backward pass instead of keeping them (jax.checkpoint per block):
     # less memory for ~1/3 more compute. Backbone blocks; pixel decoder convs and transformer layers.
     config.model.remat_backbone = False

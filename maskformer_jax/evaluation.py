@@ -124,6 +124,10 @@ class Predictor:
         return (total / count)[:, :, :height, :width]
 
     def _predict_fn(self, variables, images, sizes, original_sizes, flips, canvas, instances):
+        with jax.default_matmul_precision(self.config.model.precision):  # inference's products too
+            return self._predictions(variables, images, sizes, original_sizes, flips, canvas, instances)
+
+    def _predictions(self, variables, images, sizes, original_sizes, flips, canvas, instances):
         """images uint8 [B, H, W, 3] (padded); sizes, original_sizes int [B, 2]; flips bool [B] →
         "semantic" scores [B, K, Ho, Wo] at the original size, plus for panoptic "segment_map"
         [B, Ho, Wo] / "segment_classes" [B, Q], and for the instance task with `instances`

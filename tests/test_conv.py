@@ -68,8 +68,9 @@ def test_flax_module_keeps_parameters_and_bfloat16_gradient_dtype():
 
 
 def test_compiler_options_keep_cpu_convolutions_out_of_ynnpack_with_the_same_values(monkeypatch):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are XLA CPU's; other backends get none (checked below)")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    assert jax.default_backend() == "cpu"
     options = compiler_options()
     assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 16, 8))

@@ -234,3 +234,25 @@ def test_remat_recomputes_blocks_with_the_same_gradients(backbone):
     blocks = 4 if backbone == "resnet" else sum(config.backbone.depths)
     layers = blocks + 7 + config.encoder_layers + config.decoder_layers  # + layer_4, 3 adapters, 3 outputs
     assert (plain_checkpoints, remat_checkpoints) == (0, layers)
+
+
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_precision_reaches_every_matmul_of_the_train_step(precision):
+    """config.model.precision sets every dot_general and convolution of the lowered train step:
+    model, loss, matching costs and gradients (none left to the tests' global "highest")."""
+    from maskformer_jax.training.optimizer import build_optimizer
+    from maskformer_jax.training.state import create_train_state
+    from maskformer_jax.training.step import make_train_step
+
+    config = tiny.get_config()
+    config.model.precision = precision
+    config.loss.num_points = 0
+    model, optimizer = build_model(config.model), build_optimizer(config)
+    state = jax.eval_shape(lambda: create_train_state(config, model, optimizer, jax.random.key(0)))
+    batch = {"image": jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8), "valid": jax.ShapeDtypeStruct((2, 64, 64), bool),
+             "segments": jax.ShapeDtypeStruct((2, 64, 64), jnp.int32), "labels": jax.ShapeDtypeStruct((2, 10), jnp.int32)}
+    text = jax.jit(make_train_step(config, model, optimizer)).lower(state, batch).as_text()
+    ops = [line for line in text.splitlines() if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+    assert len(ops) > 100
+    highest = [line for line in ops if "HIGHEST" in line]
+    assert len(highest) == (len(ops) if precision == "highest" else 0), ops[:3]

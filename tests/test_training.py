@@ -33,7 +33,9 @@ TINY_FLAGS = [
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
-    """Subprocess environment sharing one persistent compilation cache (the runs compile the same step)."""
+    """Subprocess environment sharing one persistent compilation cache (the runs compile the same step).
+    The runs are on CPU on every machine: the resume and multi-process tests compare parameters bit
+    for bit, which needs deterministic kernels (GPU reductions and scatters are not)."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
     return env

@@ -163,6 +163,7 @@ def test_model_zoo_pickle_converted_by_the_command_gives_the_hf_outputs(checkpoi
     assert "pixel_mean" in state and "__author__" not in state
     command = [sys.executable, "-m", "maskformer_jax.weights.convert", "--source", "detectron2", "--input", str(path),
                "--config", CONFIG_FILES[name], "--output", str(tmp_path / "converted")]
+    # Converting is host work: on CPU, so the subprocess does not compete for the accelerator.
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -65,6 +65,7 @@ def reference_outputs(model, images):
 def converted(request):
     model = hf_maskformer(request.param)
     config = OUR_CONFIGS[request.param]().model
+    config.precision = "highest"  # full float32 matmuls on every backend (GPUs default to TF32)
     return request.param, model, config, variables_from_hf(model.state_dict(), config)
 
 

@@ -14,6 +14,10 @@ from maskformer_jax.models.swin import Swin
 from maskformer_jax.models.transformer import QueryDecoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Precision of every matmul-like op (convolutions, dense layers, einsums), as jax names it: "default"
+# is the backend's fast choice (TF32 or bfloat16 passes for float32 on GPUs and TPUs), "highest" full
+# float32 (CPUs always compute float32 fully); "bfloat16", "tensorfloat32", "float32" name the passes.
+PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
 
 
 def torch_linear(features: int, fan_in: int, dtype, name: str) -> nn.Dense:
@@ -60,9 +64,14 @@ class MaskFormer(nn.Module):
     hidden_dim: int = 256
     enforce_input_projection: bool = False
     dtype: Any = jnp.float32
+    precision: str = "default"  # of every matmul-like op (PRECISIONS)
 
     @nn.compact
     def __call__(self, images, valid=None, train: bool = False):
+        with jax.default_matmul_precision(self.precision):
+            return self._forward(images, valid, train)
+
+    def _forward(self, images, valid, train):
         features = self.backbone(images, train=train)
         pixel_embeddings, decoder_input = self.pixel_decoder(features, valid, train=train)
         if decoder_input.shape[-1] != self.hidden_dim or self.enforce_input_projection:
@@ -114,6 +123,8 @@ def build_model(config: ml_collections.ConfigDict) -> MaskFormer:
     """The MaskFormer described by a model config (`config.model` of an experiment config)."""
     if config.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"config.model.precision must be one of {PRECISIONS}, got {config.precision!r}")
     dtype = DTYPES[config.dtype]
     transformer = dict(
         num_heads=config.num_heads, dim_feedforward=config.dim_feedforward, dropout=config.dropout,
@@ -131,4 +142,5 @@ def build_model(config: ml_collections.ConfigDict) -> MaskFormer:
         hidden_dim=config.hidden_dim,
         enforce_input_projection=config.enforce_input_projection,
         dtype=dtype,
+        precision=config.precision,
     )

@@ -34,6 +34,10 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
     absent = padding_absent(config.dataset)
 
     def train_step(state: TrainState, batch):
+        with jax.default_matmul_precision(config.model.precision):  # the loss and matching costs too
+            return step(state, batch)
+
+    def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         dropout_rng, loss_rng = jax.random.split(rng)
         valid = batch["valid"] if absent else None
