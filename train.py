@@ -50,14 +50,16 @@ class Logger:
             done = int(30 * step / self.total_steps)
             print(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total_steps}", end="", flush=True)
 
-    def scalars(self, step: int, values: dict, prefix: str = "train"):
+    def scalars(self, step: int, values: dict, prefix: str = "train", input_wait: float = 0.0):
+        """Log one row; for "train", `input_wait` is the seconds spent waiting for batches since the last row."""
         if not self.active:
             return
         if prefix == "train":  # throughput over the last interval (the first one includes compilation)
             now = time.time()
-            rate = (step - (self.last_step or 0)) * self.batch_size / max(now - self.last_time, 1e-9)
+            steps = step - (self.last_step or 0)
+            rate = steps * self.batch_size / max(now - self.last_time, 1e-9)
             self.last_time, self.last_step = now, step
-            values = dict(values, images_per_second=rate)
+            values = dict(values, images_per_second=rate, input_wait_ms=1e3 * input_wait / max(steps, 1))
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
@@ -67,7 +69,8 @@ class Logger:
             terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss_") and k[-1].isalpha())
             eta = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "-"
             line = (f"step {step}/{self.total_steps} | loss {values['loss']:.4f} ({terms}) | "
-                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | ETA {eta}")
+                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | input wait "
+                    f"{values['input_wait_ms']:.0f} ms/step | ETA {eta}")
             if values.get("nonfinite_total"):
                 line += f" | {int(values['nonfinite_total'])} non-finite updates skipped"
         else:
@@ -84,11 +87,21 @@ class Logger:
             self.jsonl.close()
 
 
+def use_compilation_cache(setting: str, workdir: pathlib.Path):
+    """Point jax's persistent compilation cache at `config.compilation_cache_dir` (see configs/base.py)."""
+    if setting == "none":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_compilation_cache_dir",
+                      setting or jax.config.jax_compilation_cache_dir or str(workdir / "compilation_cache"))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train for config.num_steps (resuming from workdir if it has a checkpoint); returns the last metrics."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     losses.validate(config)
+    use_compilation_cache(config.compilation_cache_dir, workdir.absolute())
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
@@ -120,16 +133,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
     evaluator = Evaluator(config, model) if config.eval_every else None
-    step, metrics, pending, canvases = int(state.step), {}, None, set()
+    step, metrics, pending, compiled, input_wait = int(state.step), {}, None, {}, 0.0
     try:
         with jax.set_mesh(mesh):
             while step < config.num_steps:
+                start = time.perf_counter()
                 batch = global_batch(next(iterator), mesh)
+                input_wait += time.perf_counter() - start
                 canvas = batch["image"].shape[1:3]
-                if canvas not in canvases:  # one compiled step per canvas (two for the DETR recipe)
-                    canvases.add(canvas)
+                if canvas not in compiled:  # one compiled step per canvas (two for the DETR recipe)
                     logger.info(f"compiling the train step for {canvas[0]}x{canvas[1]} batches ...")
-                state, step_metrics = train_step(state, batch)
+                    start = time.perf_counter()
+                    compiled[canvas] = train_step.lower(state, batch).compile()
+                    logger.info(f"compiled in {time.perf_counter() - start:.1f} s")
+                state, step_metrics = compiled[canvas](state, batch)
                 step += 1
                 if pending is not None:  # look at the previous step while this one runs
                     in_a_row = int(pending["nonfinite_in_a_row"])
@@ -142,7 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 logger.progress(step)
                 if step % config.log_every == 0 or step == config.num_steps:
                     metrics = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
-                    logger.scalars(step, metrics)
+                    logger.scalars(step, metrics, input_wait=input_wait)
+                    input_wait = 0.0
                 checkpointer.save(step, state, iterator, force=step == config.num_steps)
                 if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
                     result = evaluator({"params": state.params, "frozen": state.frozen}, log=logger.info)
@@ -152,10 +170,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     logger.info(f"stop requested: saved step {step}")
                     break
     finally:
-        checkpointer.close()
-        logger.close()
-        if hasattr(iterator, "close"):
-            iterator.close()
+        try:
+            checkpointer.close()
+        finally:  # grain's worker processes and shared memory go on every exit path
+            logger.close()
+            if hasattr(iterator, "close"):
+                iterator.close()
     return {"step": step, "state": state, **metrics}
 
 

@@ -233,6 +233,9 @@ def get_config() -> ml_collections.ConfigDict:
     # from init_from's (class head, query embeddings) afresh instead of failing; they are listed.
     config.init_reinitialize_mismatched = False
     config.log_every = 50  # console / TensorBoard / metrics.jsonl every this many steps
+    # jax's persistent compilation cache, so that a restarted or resumed run does not compile again:
+    # "" = $JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compilation_cache; "none" turns it off.
+    config.compilation_cache_dir = ""
     config.checkpoint_every = 5000  # the reference's checkpoint period
     config.checkpoints_to_keep = 3
     config.eval_every = 0  # steps between evaluations on the validation split (0: never)

@@ -299,9 +299,21 @@ class Evaluator(Predictor):
         dataset = eval_pipeline(self.config, self.source)
         progress = _Progress(len(dataset), log)
 
-        def run(group, canvas):
+        programs = set()
+
+        def run(group, bucket):
             nonlocal confusion, statistics
+            canvas, key = bucket[1], (bucket, len(group))
+            if not programs:
+                size = "augmented views" if bucket[0] is None else f"{bucket[0][0]}x{bucket[0][1]} inputs"
+                log(f"eval: compiling for {size} on a {canvas[0]}x{canvas[1]} canvas (one program per "
+                    "input and canvas size) ...")
+            start = time.time()
             result = self._run(variables, group, canvas, keep_maps=save)
+            if not programs:
+                log(f"eval: first batch compiled and run in {time.time() - start:.1f} s")
+            programs.add(key)
+            progress.programs = len(programs)
             confusion += result["confusion"]
             for i, example in enumerate(group):
                 if "contingency" in result:
@@ -322,9 +334,9 @@ class Evaluator(Predictor):
                 bucket = self._bucket(example)
                 pending[bucket].append(example)
                 if len(pending[bucket]) == group_size:
-                    run(pending.pop(bucket), bucket[1])
+                    run(pending.pop(bucket), bucket)
             for bucket, group in pending.items():
-                run(group, bucket[1])
+                run(group, bucket)
         if writer is not None:
             writer.close()
         return confusion, statistics
@@ -349,7 +361,7 @@ class _Progress:
 
     def __init__(self, total: int, log):
         self.total, self.done, self.log = total, 0, log
-        self.started, self.reported = time.time(), 0
+        self.started, self.reported, self.programs = time.time(), 0, 0
         self.active = jax.process_index() == 0
         self.tty = self.active and log is print and sys.stdout.isatty()
 
@@ -358,7 +370,7 @@ class _Progress:
         if not self.active:
             return
         rate = self.done / max(time.time() - self.started, 1e-9)
-        line = f"eval {self.done}/{self.total} images ({rate:.1f} img/s)"
+        line = f"eval {self.done}/{self.total} images ({rate:.1f} img/s, {self.programs} programs compiled)"
         if self.tty:
             print("\r" + line, end="\n" if self.done >= self.total else "", flush=True)
         elif self.done >= self.total or self.done - self.reported >= max(self.total // 10, 1):

@@ -194,8 +194,10 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     assert step_straight == step_resumed == 12
     assert_trees_equal(resumed, straight)
 
-    process = train(tmp_path / "terminated", environment, "--config.num_steps=100000", "--config.checkpoint_every=100000",
-                    wait=False)
+    # SIGTERM with every step checkpointed (so it lands right after an interval save of the step it
+    # stops at) and a grain worker process: a clean exit with that checkpoint, workers shut down.
+    process = train(tmp_path / "terminated", environment, "--config.num_steps=100000", "--config.checkpoint_every=1",
+                    "--config.dataset.num_workers=1", wait=False)
     metrics = tmp_path / "terminated/metrics.jsonl"
     while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
         time.sleep(0.2)
@@ -204,3 +206,4 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     assert process.returncode == 0, output[-3000:]
     saved = checkpoint_steps(tmp_path / "terminated")[-1]
     assert saved >= 3 and f"stop requested: saved step {saved}" in output
+    assert "Traceback" not in output and "leaked" not in output, output[-3000:]

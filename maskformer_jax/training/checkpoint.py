@@ -33,6 +33,10 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, iterator, force: bool = False) -> bool:
+        """Save at the interval (or always with `force`); a step that is saved already is not saved
+        again (a stop request right after an interval checkpoint). Returns whether it saved."""
+        if step == self.manager.latest_step():
+            return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(iterator))
         return self.manager.save(step, args=args, force=force)
 
