@@ -44,7 +44,7 @@ part() {
   [ "$limit" -gt "$left" ] && limit=$left
   echo "=== $name (limit ${limit}s): $*" >> "$DETAILS"
   local start=$(date +%s) log
-  log=$(timeout "$limit" "$@" 2>&1)
+  log=$(timeout -k 20 "$limit" "$@" 2>&1)
   local status=$?
   echo "$log" >> "$DETAILS"
   local verdict="ok"
