@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import DetrConfig
+from transformers import DetrConfig, ResNetConfig
 from transformers.models.detr.modeling_detr import DetrEncoderLayer
 from transformers.models.maskformer.modeling_maskformer import MaskFormerSinePositionEmbedding
 
@@ -84,7 +84,9 @@ def test_transformer_encoder_equals_detr_encoder_layers():
     """The encoder of the COCO R50/R101 pixel decoder: post-norm DETR layers, position on q and k only."""
     heads, width, ffn, layers = 4, 64, 128, 2
     torch.manual_seed(0)
-    config = DetrConfig(d_model=width, encoder_attention_heads=heads, encoder_ffn_dim=ffn, use_timm_backbone=False)
+    # An explicit backbone config: newer transformers look a named backbone up on the hub.
+    config = DetrConfig(d_model=width, encoder_attention_heads=heads, encoder_ffn_dim=ffn, use_timm_backbone=False,
+                        backbone=None, backbone_config=ResNetConfig())
     reference = [DetrEncoderLayer(config).eval() for _ in range(layers)]
     with torch.no_grad():
         for layer in reference:

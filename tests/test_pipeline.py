@@ -155,6 +155,22 @@ def test_detr_pipeline_resumes_exactly_across_epochs():
             np.testing.assert_array_equal(got[key], batch[key])
 
 
+def test_detr_pipeline_in_worker_processes_gives_the_same_batches():
+    from absl import flags
+
+    flags.FLAGS(["test"])  # grain workers read absl flags
+    source = SyntheticSource(10, (96, 96), seed=4)
+    threaded = take(train_pipeline(detr_config(), source, 0, 1), 4)
+    workers = detr_config()
+    workers.dataset.num_workers = 2  # two workers: each must deliver whole batches
+    iterator = iter(train_pipeline(workers, source, 0, 1))
+    try:
+        for batch in threaded:
+            np.testing.assert_array_equal(next(iterator)["image"], batch["image"])
+    finally:
+        iterator.close()
+
+
 def test_detr_pipeline_names_an_image_whose_listed_size_is_wrong():
     class Misreported(SyntheticSource):
         def image_shapes(self):

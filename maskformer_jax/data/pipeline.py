@@ -87,6 +87,12 @@ class AspectGroupedOrder:
     def __len__(self):
         return sys.maxsize
 
+    def __getstate__(self):  # grain's worker processes get a copy without the lock and the cache
+        return {key: value for key, value in self.__dict__.items() if key not in ("_lock", "_cache")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock(), _cache={})
+
     def epoch(self, epoch: int):
         """(example index [M], plan {key: [M, ...]}, orientation [M]), M = batches_per_epoch * batch_size."""
         with self._lock:
@@ -149,8 +155,15 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
         order = AspectGroupedOrder(image_shapes(source), config.batch_size, config.seed, config.dataset)
         # Global position p → process p % process_count: each global batch's positions are consecutive,
         # so every process's batch k is its share of global batch k, all of one orientation.
-        dataset = grain.MapDataset.source(order)[process_index::process_count].map(functools.partial(
-            _grouped_train_example, source=source, dataset=config.dataset, max_targets=config.loss.max_targets))
+        # Batched before the iterator: read threads and worker processes then take whole batches, so
+        # worker processes cannot mix elements of two batches (and two canvases) into one.
+        dataset = (
+            grain.MapDataset.source(order)[process_index::process_count]
+            .map(functools.partial(_grouped_train_example, source=source, dataset=config.dataset,
+                                   max_targets=config.loss.max_targets))
+            .batch(config.batch_size // process_count, drop_remainder=True)
+            .to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=2))
+        )
     else:
         dataset = (
             grain.MapDataset.source(source)
@@ -162,11 +175,9 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
             # so augmentations must be drawn on global indices to be independent of the process count.
             # MapDataset is lazy: each process still reads and transforms only its own examples.
             [process_index::process_count]
+            .to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=16))
+            .batch(config.batch_size // process_count, drop_remainder=True)
         )
-    dataset = (
-        dataset.to_iter_dataset(grain.ReadOptions(num_threads=config.dataset.read_threads, prefetch_buffer_size=16))
-        .batch(config.batch_size // process_count, drop_remainder=True)
-    )
     if config.dataset.num_workers > 0:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.dataset.num_workers))
     return dataset

@@ -253,9 +253,9 @@ def panoptic_example(image, rgb, segment_ids, classes, iscrowd, image_id: str, n
     if rgb.ndim != 3:
         raise DataError(f"{names[1]}: expected an RGB panoptic PNG, got shape {rgb.shape}")
     _check_same_size(image, rgb, *names)
-    rgb = rgb.astype(np.int64)
+    rgb = rgb.astype(np.int32)  # ids < 2^24
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-    known_ids = np.array(list(segment_ids) + [0], np.int64)  # 0 (void) last → index -1 below
+    known_ids = np.array(list(segment_ids) + [0], np.int32)  # 0 (void) last → index -1 below
     order = np.argsort(known_ids)
     position = np.searchsorted(known_ids[order], ids)
     known = known_ids[order][np.minimum(position, len(known_ids) - 1)] == ids

@@ -17,18 +17,23 @@ from maskformer_jax.data.sources import DataError
 
 def make_targets(example, mode: str, max_targets: int, drop_smallest: bool = False):
     """example: segments [H, W] (index into classes/iscrowd, -1 void), classes [S], iscrowd [S], ... →
-    the example with `segments` replaced by target slots and `labels [max_targets]` added."""
+    the example with `segments` replaced by target slots and `labels [max_targets]` added.
+
+    One count and one lookup pass over the pixels: pixel areas per segment (bincount), the targets
+    and their slots from those, then every pixel's slot through a table indexed by segment.
+    """
     segments, classes, iscrowd = example["segments"], example["classes"], example["iscrowd"]
-    keep = (segments >= 0) & ~iscrowd[np.maximum(segments, 0)]
-    if mode == "semantic":
-        ids = np.where(keep, classes[np.maximum(segments, 0)], -1)  # merge segments by class
-        id_to_class = np.arange(max(int(classes.max(initial=-1)) + 1, 1))
-        present, areas = np.unique(ids[ids >= 0], return_counts=True)
+    num_segments = len(classes)
+    segment_area = np.bincount(segments.ravel() + 1, minlength=num_segments + 1)[1:]  # [S]
+    if mode == "semantic":  # a target per class present: the areas of its non-crowd segments add up
+        kept = ~iscrowd & (segment_area > 0)
+        class_area = np.bincount(classes[kept], weights=segment_area[kept], minlength=1)
+        present = np.flatnonzero(class_area)
+        areas, id_of_segment, target_classes = class_area[present], np.where(iscrowd, -1, classes), present
     elif mode == "panoptic":
-        ids = np.where(keep, segments, -1)
-        id_to_class = classes
         present = np.flatnonzero(~iscrowd)
-        areas = np.bincount(ids[ids >= 0], minlength=len(classes))[present]
+        areas, id_of_segment = segment_area[present], np.where(iscrowd, -1, np.arange(num_segments))
+        target_classes = classes[present]
     else:
         raise ValueError(f"target mode must be 'semantic' or 'panoptic', got {mode!r}")
     if len(present) > max_targets:
@@ -37,12 +42,14 @@ def make_targets(example, mode: str, max_targets: int, drop_smallest: bool = Fal
                 f"image {example.get('image_id', '?')} has {len(present)} targets, more than max_targets="
                 f"{max_targets}; raise config.loss.max_targets or set config.dataset.drop_smallest_targets"
             )
-        present = np.sort(present[np.argsort(-areas, kind="stable")[:max_targets]])
-    slot = np.full(max(int(ids.max(initial=-1)), len(id_to_class) - 1, 0) + 2, -1, np.int32)  # last: id -1
-    slot[present] = np.arange(len(present))
+        order = np.sort(np.argsort(-areas, kind="stable")[:max_targets])
+        present, target_classes = present[order], target_classes[order]
+    slot_of_id = np.full(max(int(id_of_segment.max(initial=-1)), 0) + 2, -1, np.int32)  # last entry: id -1
+    slot_of_id[present] = np.arange(len(present))
+    slot_of_segment = np.append(slot_of_id[id_of_segment], np.int32(-1))  # index -1 (void) → -1
     labels = np.full(max_targets, -1, np.int32)
-    labels[: len(present)] = id_to_class[present]
+    labels[: len(present)] = target_classes
     out = {key: value for key, value in example.items() if key not in ("classes", "iscrowd")}
-    out["segments"] = slot[ids]
+    out["segments"] = slot_of_segment[segments]
     out["labels"] = labels
     return out
