@@ -118,7 +118,8 @@ def stage_times(name: str, source, dataset, count: int) -> dict:
             example = timed("pad", transforms.pad, example, dataset.image_size)
         else:
             height, width = example["image"].shape[:2]
-            plan = timed("plan", lambda: {k: v[0] for k, v in transforms.plan_detr([height], [width], rng, dataset).items()})
+            plan = timed("plan", transforms.plan_detr, [height], [width], rng, dataset)
+            plan = {key: value[0] for key, value in plan.items()}
             example = timed("resize+crop", transforms.detr_apply, example, plan)
             canvas = transforms.training_canvases(dataset)[int(transforms.orientation(*plan["size"]))]
             example = timed("pad", transforms.pad, example, canvas)

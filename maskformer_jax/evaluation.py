@@ -33,7 +33,8 @@ from maskformer_jax.training.state import make_mesh
 from maskformer_jax.training.step import normalize
 
 TASKS = ("semantic", "panoptic", "instance")
-SUMMARY_KEYS = ("mIoU", "mIoU_gt", "fwIoU", "mACC", "pACC", "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+SUMMARY_KEYS = ("mIoU", "mIoU_gt", "fwIoU", "mACC", "pACC",
+                "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -251,8 +251,10 @@ def test_precision_reaches_every_matmul_of_the_train_step(precision):
     config.loss.num_points = 0
     model, optimizer = build_model(config.model), build_optimizer(config)
     state = jax.eval_shape(lambda: create_train_state(config, model, optimizer, jax.random.key(0)))
-    batch = {"image": jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8), "valid": jax.ShapeDtypeStruct((2, 64, 64), bool),
-             "segments": jax.ShapeDtypeStruct((2, 64, 64), jnp.int32), "labels": jax.ShapeDtypeStruct((2, 10), jnp.int32)}
+    batch = {"image": jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8),
+             "valid": jax.ShapeDtypeStruct((2, 64, 64), bool),
+             "segments": jax.ShapeDtypeStruct((2, 64, 64), jnp.int32),
+             "labels": jax.ShapeDtypeStruct((2, 10), jnp.int32)}
     text = jax.jit(make_train_step(config, model, optimizer)).lower(state, batch).as_text()
     ops = [line for line in text.splitlines() if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
     assert len(ops) > 100

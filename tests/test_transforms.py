@@ -194,7 +194,8 @@ def test_category_area_crop_draws_as_the_reference():
     for seed in range(60):
         for max_area in (0.9, 0.5):  # 0.5 never passes: the 10th draw is kept
             crop = transforms.random_crop(example, np.random.default_rng(seed), (30, 30), max_area, np.arange(2))
-            y0, x0 = reference_category_area_crop(segments, np.arange(2), np.random.default_rng(seed), (30, 30), max_area)
+            rng = np.random.default_rng(seed)
+            y0, x0 = reference_category_area_crop(segments, np.arange(2), rng, (30, 30), max_area)
             np.testing.assert_array_equal(crop["image"], example["image"][y0:y0 + 30, x0:x0 + 30])
 
 

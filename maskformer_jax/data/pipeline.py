@@ -5,9 +5,9 @@ A training batch, per process: image uint8 [b, H, W, 3], valid bool [b, H, W], s
 [b, H, W], labels int32 [b, T] (BATCH_KEYS, for the device) and image_id [b] (stays on the host),
 with b = config.batch_size / process count. (H, W) is one of `transforms.training_canvases`: the
 crop size for the semantic recipe; for the DETR recipe a landscape or a portrait canvas, the same
-for the whole global batch on every process (`AspectGroupedOrder`). Evaluation examples (EVAL_KEYS) come one at a time: the
-resized images in `views`, the raw ground truth and the original height and width; evaluation.py
-groups them into batches of one size.
+for the whole global batch on every process (`AspectGroupedOrder`). Evaluation examples
+(EVAL_KEYS) come one at a time: the resized images in `views`, the raw ground truth and the
+original height and width; evaluation.py groups them into batches of one size.
 """
 
 import functools
@@ -67,7 +67,8 @@ def image_shapes(source) -> np.ndarray:
 class AspectGroupedOrder:
     """The DETR recipe's global training order: batches of one canvas orientation.
 
-    Element p of the endless stream is (example index, its row of `transforms.plan_detr`, canvas):
+    Element p of the endless stream is (example index, its listed (height, width), its row of
+    `transforms.plan_detr`, canvas index):
     every random choice of the mapper is drawn per epoch from (seed, epoch) and known before any
     image is read, so the output size, and with it the orientation, is known from the image sizes
     alone. Each epoch deals its permutation into landscape and portrait batches of `batch_size` (a

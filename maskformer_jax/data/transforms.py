@@ -26,7 +26,8 @@ def padding_absent(dataset) -> bool:
     recipe, whose reference trains unpadded images, and counted for the semantic one, whose
     reference pads crops with 128 / ignore."""
     if dataset.padding not in PADDING:
-        raise ValueError(f"config.dataset.padding must be 'absent', 'counted' or '' (by transform), got {dataset.padding!r}")
+        raise ValueError(f"config.dataset.padding must be 'absent', 'counted' or '' (by transform), "
+                         f"got {dataset.padding!r}")
     return dataset.padding == "absent" or (dataset.padding == "" and dataset.transform == "detr")
 
 

@@ -27,7 +27,8 @@ def sine_position_encoding(height: int, width: int, num_features: int = 128, tem
     channels are [sin, cos, sin, cos, ...] with frequencies temperature^(2*floor(i/2)/num_features),
     y channels first. Computed with numpy at trace time: the encoding depends only on the shape.
     """
-    return np.asarray(masked_sine_position_encoding(np.ones((1, height, width), bool), num_features, temperature, np)[0])
+    valid = np.ones((1, height, width), bool)
+    return np.asarray(masked_sine_position_encoding(valid, num_features, temperature, np)[0])
 
 
 def masked_sine_position_encoding(valid, num_features: int = 128, temperature: float = 10000.0, xp=jnp):
