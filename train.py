@@ -34,16 +34,24 @@ DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"
 class Logger:
     """Console lines (and a progress bar on a terminal), TensorBoard events and JSON lines; process 0 only."""
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int):
+    def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, start_step: int = 0):
+        """Rates and ETA count from `start_step`; rows of metrics.jsonl after it (logged by a run that
+        stopped before its next checkpoint) are dropped, so that a resumed run logs each step once."""
         self.active = jax.process_index() == 0
         self.total_steps, self.batch_size = total_steps, batch_size
         self.tty = sys.stdout.isatty()
-        self.last_time, self.last_step = time.time(), None
+        self.last_time, self.last_step = time.time(), start_step
         if self.active:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
-            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            path = workdir / "metrics.jsonl"
+            if path.exists():
+                rows = [row for row in path.read_text().splitlines() if json.loads(row)["step"] <= start_step]
+                temporary = path.with_suffix(".jsonl.tmp")
+                temporary.write_text("".join(row + "\n" for row in rows))
+                temporary.replace(path)
+            self.jsonl = open(path, "a")
 
     def progress(self, step: int):
         if self.active and self.tty:
@@ -56,7 +64,7 @@ class Logger:
             return
         if prefix == "train":  # throughput over the last interval (the first one includes compilation)
             now = time.time()
-            steps = step - (self.last_step or 0)
+            steps = step - self.last_step
             rate = steps * self.batch_size / max(now - self.last_time, 1e-9)
             self.last_time, self.last_step = now, step
             values = dict(values, images_per_second=rate, input_wait_ms=1e3 * input_wait / max(steps, 1))
@@ -122,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
                                                   config.init_reinitialize_mismatched)
             state = state.replace(**weights)
-    logger = Logger(workdir, config.num_steps, config.batch_size)
+    logger = Logger(workdir, config.num_steps, config.batch_size, int(state.step))
     if int(state.step) > 0:
         logger.info(f"resumed from step {int(state.step)}")
     elif config.init_from:
@@ -130,7 +138,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     + (f"; initialised afresh (shapes differ): {', '.join(reinitialised)}" if reinitialised else ""))
 
     stop = {"requested": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+
+    def request_stop(signum, frame):
+        """SIGTERM or Ctrl-C: save at the end of this step and exit; a second Ctrl-C aborts at once."""
+        if stop["requested"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        logger.info("stop requested: saving at the end of this step (Ctrl-C again aborts without saving)")
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
     evaluator = Evaluator(config, model) if config.eval_every else None
     step, metrics, pending, compiled, input_wait = int(state.step), {}, None, {}, 0.0
@@ -146,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     start = time.perf_counter()
                     compiled[canvas] = train_step.lower(state, batch).compile()
                     logger.info(f"compiled in {time.perf_counter() - start:.1f} s")
+                    logger.last_time += time.perf_counter() - start  # rates leave compilation out
                 state, step_metrics = compiled[canvas](state, batch)
                 step += 1
                 if pending is not None:  # look at the previous step while this one runs

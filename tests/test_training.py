@@ -189,6 +189,9 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     assert 4 <= killed_at < 12
     output = train(tmp_path / "killed", environment, *steps)
     assert f"resumed from step {killed_at}" in output
+    # Each step logged once, although the killed run had logged steps after its last checkpoint.
+    rows = [json.loads(line) for line in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if row["split"] == "train"] == list(range(1, 13))
     step_straight, straight = final_params(straight_run)
     step_resumed, resumed = final_params(tmp_path / "killed")
     assert step_straight == step_resumed == 12
@@ -207,3 +210,15 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     saved = checkpoint_steps(tmp_path / "terminated")[-1]
     assert saved >= 3 and f"stop requested: saved step {saved}" in output
     assert "Traceback" not in output and "leaked" not in output, output[-3000:]
+
+    # Ctrl-C (SIGINT) saves and exits like SIGTERM.
+    process = train(tmp_path / "interrupted", environment, "--config.num_steps=100000",
+                    "--config.checkpoint_every=100000", wait=False)
+    metrics = tmp_path / "interrupted/metrics.jsonl"
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    saved = checkpoint_steps(tmp_path / "interrupted")[-1]
+    assert saved >= 2 and f"stop requested: saved step {saved}" in output and "Traceback" not in output
