@@ -197,28 +197,21 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     assert step_straight == step_resumed == 12
     assert_trees_equal(resumed, straight)
 
+    def stop_with(name, sent, min_steps, *extra):
+        """Start a long run, send `sent` once `min_steps` rows are logged: a clean exit that saved."""
+        process = train(tmp_path / name, environment, "--config.num_steps=100000", *extra, wait=False)
+        metrics = tmp_path / name / "metrics.jsonl"
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) < min_steps) and time.time() < deadline:
+            time.sleep(0.2)
+        process.send_signal(sent)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+        saved = checkpoint_steps(tmp_path / name)[-1]
+        assert saved >= min_steps and f"stop requested: saved step {saved}" in output, output[-3000:]
+        assert "Traceback" not in output and "leaked" not in output, output[-3000:]
+
     # SIGTERM with every step checkpointed (so it lands right after an interval save of the step it
     # stops at) and a grain worker process: a clean exit with that checkpoint, workers shut down.
-    process = train(tmp_path / "terminated", environment, "--config.num_steps=100000", "--config.checkpoint_every=1",
-                    "--config.dataset.num_workers=1", wait=False)
-    metrics = tmp_path / "terminated/metrics.jsonl"
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    saved = checkpoint_steps(tmp_path / "terminated")[-1]
-    assert saved >= 3 and f"stop requested: saved step {saved}" in output
-    assert "Traceback" not in output and "leaked" not in output, output[-3000:]
-
+    stop_with("terminated", signal.SIGTERM, 3, "--config.checkpoint_every=1", "--config.dataset.num_workers=1")
     # Ctrl-C (SIGINT) saves and exits like SIGTERM.
-    process = train(tmp_path / "interrupted", environment, "--config.num_steps=100000",
-                    "--config.checkpoint_every=100000", wait=False)
-    metrics = tmp_path / "interrupted/metrics.jsonl"
-    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-3000:]
-    saved = checkpoint_steps(tmp_path / "interrupted")[-1]
-    assert saved >= 2 and f"stop requested: saved step {saved}" in output and "Traceback" not in output
+    stop_with("interrupted", signal.SIGINT, 2, "--config.checkpoint_every=100000")
