@@ -31,6 +31,14 @@ from maskformer_jax.training.step import global_batch, jit_train_step
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"
 
 
+def _logged_step(row: str) -> float:
+    """The step of a metrics.jsonl row; infinity for a row a killed run left half written."""
+    try:
+        return json.loads(row)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class Logger:
     """Console lines (and a progress bar on a terminal), TensorBoard events and JSON lines; process 0 only."""
 
@@ -47,7 +55,7 @@ class Logger:
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
             path = workdir / "metrics.jsonl"
             if path.exists():
-                rows = [row for row in path.read_text().splitlines() if json.loads(row)["step"] <= start_step]
+                rows = [row for row in path.read_text().splitlines() if _logged_step(row) <= start_step]
                 temporary = path.with_suffix(".jsonl.tmp")
                 temporary.write_text("".join(row + "\n" for row in rows))
                 temporary.replace(path)
