@@ -2,12 +2,14 @@
 
     python predict.py --config configs/X.py --checkpoint PATH --output DIR IMAGE_OR_FOLDER [...]
 
-For each image, DIR/<name>.png shows the prediction (config.inference.task) over the image in a
-fixed colour palette, with segment outlines and a legend of the classes present; instances of one
-thing class get distinct shades of the class colour. PATH is a workdir, its checkpoints/ folder,
+For each image, DIR/<stem>.png (<stem>_<suffix>.png where inputs share a stem) shows the
+prediction (config.inference.task) over the image in a fixed colour palette, with segment outlines
+and a legend of the classes present; instances of one thing class get distinct shades of the class
+colour. PATH is a workdir, its checkpoints/ folder,
 or one step's folder.
 """
 
+import collections
 import pathlib
 
 import numpy as np
@@ -56,6 +58,15 @@ def picture(image, prediction, metadata, task: str):
     return visualize.draw_segmentation(image, prediction["semantic_map"], np.arange(len(names)), names)
 
 
+def picture_names(paths) -> list[str]:
+    """<stem>.png per input; inputs that share a stem (a.jpg, a.png) keep their suffix (a_jpg.png),
+    and any name still shared gets the input's position, so that no picture overwrites another."""
+    stems = collections.Counter(path.stem for path in paths)
+    names = [path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}" for path in paths]
+    counts = collections.Counter(names)
+    return [f"{name}_{index}.png" if counts[name] > 1 else f"{name}.png" for index, name in enumerate(names)]
+
+
 def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
     """Write one picture per input image into `output`; returns their paths."""
     paths = image_paths(inputs)
@@ -66,10 +77,10 @@ def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
     predictor = Predictor(config, model, metadata)
     variables = predictor.load(checkpoint)
     written = []
-    for index, path in enumerate(paths):
+    for index, (path, name) in enumerate(zip(paths, picture_names(paths))):
         image = read_image(path)
         prediction = predictor.predict(variables, image)
-        target = output / f"{path.stem}.png"
+        target = output / name
         write_png(target, picture(image, prediction, metadata, config.inference.task))
         written.append(target)
         print(f"[{index + 1}/{len(paths)}] {path} → {target}", flush=True)

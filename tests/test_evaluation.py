@@ -1,6 +1,7 @@
 """Evaluation end to end on the tiny config: eval.py, predict.py, shards, test-time augmentation."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,9 @@ def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path):
         Image.fromarray(image).save(folder / f"image{i}.png")
     written = predict.predict_files(config, workdir, [folder], tmp_path / "out")
     assert [p.name for p in written] == ["image0.png", "image1.png"]
+    # Inputs that share a stem get distinct pictures.
+    shared = [pathlib.Path("a.jpg"), pathlib.Path("a.png"), pathlib.Path("x/b.png"), pathlib.Path("y/b.png")]
+    assert predict.picture_names(shared) == ["a_jpg.png", "a_png.png", "b_png_2.png", "b_png_3.png"]
     model = build_model(config.model)
     from maskformer_jax.evaluation import Predictor
     from maskformer_jax.data.metadata import dataset_metadata
