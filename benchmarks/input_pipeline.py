@@ -108,7 +108,6 @@ def stage_times(name: str, source, dataset, count: int) -> dict:
     for index in range(count):
         example = timed("decode", source.__getitem__, index)
         if name == "ade20k":
-            example = transforms.with_valid(example)
             example = timed("resize", transforms.resize_shortest_edge, example, rng, dataset.min_size_train,
                             dataset.max_size_train, "torch")
             example = timed("crop", transforms.random_crop, example, rng, dataset.image_size,

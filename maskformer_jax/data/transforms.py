@@ -1,9 +1,10 @@
 """The reference's training and evaluation augmentations on raw examples, in numpy, PIL and OpenCV.
 
 All randomness comes from the `np.random.Generator` passed in (grain derives it from the pipeline seed
-and the example's position, so every epoch and every example is reproducible). Each transform takes
-and returns an example dict with `image uint8 [H, W, 3]`, `segments int32 [H, W]` (-1 void) and
-`valid bool [H, W]` (False on padding), plus whatever else it carries unchanged. SPEC.md §5.
+and the example's position; the DETR recipe's from (seed, epoch) in `plan_detr`), so every epoch and
+every example is reproducible. Each transform takes and returns an example dict with `image uint8
+[H, W, 3]` and `segments int32 [H, W]` (-1 void), plus whatever else it carries unchanged; `pad`
+adds `valid bool [H, W]` (False on padding), which the others carry along if it is there. SPEC.md §5.
 """
 
 from typing import Sequence
@@ -58,7 +59,7 @@ def resize(example, height: int, width: int, label_rule: str = "pil"):
     if example["image"].shape[:2] == (height, width):
         return example
     out = dict(example, image=resize_image(example["image"], height, width))
-    for key in ("segments", "valid"):
+    for key in ("segments", "valid") if "valid" in example else ("segments",):
         if label_rule == "torch":
             rows = legacy_nearest_index(example[key].shape[0], height)
             out[key] = example[key][rows][:, legacy_nearest_index(example[key].shape[1], width)]
@@ -76,7 +77,7 @@ def resize_shortest_edge(example, rng, short_sizes: Sequence[int], max_size: flo
 
 def crop(example, top: int, left: int, height: int, width: int):
     out = dict(example)
-    for key in ("image", "segments", "valid"):
+    for key in ("image", "segments", "valid") if "valid" in example else ("image", "segments"):
         out[key] = example[key][top : top + height, left : left + width]
     return out
 
@@ -108,7 +109,7 @@ def horizontal_flip(example, rng, probability: float = 0.5):
     if probability < 1.0 and rng.random() >= probability:
         return example
     out = dict(example)
-    for key in ("image", "segments", "valid"):
+    for key in ("image", "segments", "valid") if "valid" in example else ("image", "segments"):
         out[key] = np.ascontiguousarray(example[key][:, ::-1])
     return out
 
@@ -149,8 +150,9 @@ def color_jitter_ssd(example, rng, brightness_delta=32, contrast=(0.5, 1.5), sat
 
 
 def pad(example, size: Sequence[int]):
-    """Pad bottom/right to `size` (H, W): image 128, segments -1, valid False. (Where padding is
-    absent the train step sets padded pixels to 0 after normalisation instead.)"""
+    """Pad bottom/right to `size` (H, W): image 128, segments -1, valid False (True on the image,
+    or the example's own `valid` if it has one). (Where padding is absent the train step sets
+    padded pixels to 0 after normalisation instead.)"""
     height, width = example["image"].shape[:2]
     if height > size[0] or width > size[1]:
         raise ValueError(f"image {example.get('image_id', '')} of size {height}x{width} exceeds the pad size {size}")
@@ -159,18 +161,13 @@ def pad(example, size: Sequence[int]):
         example,
         image=np.pad(example["image"], padding + ((0, 0),), constant_values=IMAGE_PAD_VALUE),
         segments=np.pad(example["segments"], padding, constant_values=-1),
-        valid=np.pad(example["valid"], padding, constant_values=False),
+        valid=np.pad(example.get("valid", np.ones((height, width), bool)), padding, constant_values=False),
     )
-
-
-def with_valid(example):
-    """Add `valid` (all True) to a raw example."""
-    return dict(example, valid=np.ones(example["image"].shape[:2], bool))
 
 
 def semantic_train(example, rng, dataset):
     """The semantic mapper (ADE20K, COCO-Stuff, Cityscapes, ...): resize, crop, colour, flip, pad."""
-    example = resize_shortest_edge(with_valid(example), rng, dataset.min_size_train, dataset.max_size_train, "torch")
+    example = resize_shortest_edge(example, rng, dataset.min_size_train, dataset.max_size_train, "torch")
     example = random_crop(example, rng, dataset.image_size, dataset.single_category_max_area, example["classes"])
     example = color_jitter_ssd(example, rng)
     example = horizontal_flip(example, rng)
@@ -219,7 +216,6 @@ def plan_detr(heights, widths, rng, dataset) -> dict:
 
 def detr_apply(example, plan: dict):
     """One row of `plan_detr` applied to a raw example (its size must be the planned one)."""
-    example = with_valid(example)
     if plan["flip"]:
         example = horizontal_flip(example, None, probability=1.0)
     example = resize(example, *plan["first_size"])
@@ -227,13 +223,13 @@ def detr_apply(example, plan: dict):
     return resize(example, *plan["size"])
 
 
-def detr_train(example, rng, dataset, canvas=None):
+def detr_train(example, rng, dataset):
     """COCO panoptic (DETR-style), one example: `plan_detr` for its size, applied, padded to the
-    canvas of its orientation (or `canvas`)."""
+    canvas of its orientation."""
     height, width = example["image"].shape[:2]
     plan = {key: value[0] for key, value in plan_detr([height], [width], rng, dataset).items()}
     example = detr_apply(example, plan)
-    return pad(example, canvas or training_canvases(dataset)[int(orientation(*plan["size"]))])
+    return pad(example, training_canvases(dataset)[int(orientation(*plan["size"]))])
 
 
 def evaluation(example, short_sizes: Sequence[int], max_size: int, test_size: Sequence[int] | None = None):
