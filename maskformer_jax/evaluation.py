@@ -37,10 +37,6 @@ SUMMARY_KEYS = ("mIoU", "mIoU_gt", "fwIoU", "mACC", "pACC",
                 "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return multiple * math.ceil(value / multiple)
-
-
 def validate(config: ml_collections.ConfigDict):
     """Errors that name the config key, before any work."""
     task, evaluation = config.inference.task, config.eval
@@ -85,18 +81,13 @@ class Predictor:
 
     # ---- on device ----
 
-    @staticmethod
-    def _model_input(images, sizes):
-        """Normalised images [B, H, W, 3], zero outside each image's size (the reference pads after normalising)."""
-        inside = inference.canvas_mask(sizes, images.shape[1:3])
-        return jnp.where(inside[..., None], normalize(images), 0.0)
-
     def _forward(self, variables, images, sizes):
         """Last-layer class logits [B, Q, K+1] and mask logits upsampled to the padded input [B, Q, H, W].
         Where training padding is absent, so is this padding: the model gets each image's valid mask."""
         height, width = images.shape[1:3]
-        valid = inference.canvas_mask(sizes, (height, width)) if self.padding_absent else None
-        outputs = self.model.apply(variables, self._model_input(images, sizes), valid)
+        inside = inference.canvas_mask(sizes, (height, width))
+        valid = inside if self.padding_absent else None
+        outputs = self.model.apply(variables, normalize(images, inside), valid)
         masks = outputs["mask_logits"][-1].astype(jnp.float32)
         if valid is not None:  # upsampled as maps of the image's own size
             masks = clamp_to_extent(masks, valid_extent(downsample_valid(valid, *masks.shape[2:])))
@@ -108,7 +99,7 @@ class Predictor:
         window = tuple(self.config.dataset.image_size)
         stride = tuple(self.config.eval.window_stride) or tuple(max(1, 2 * w // 3) for w in window)
         height, width = images.shape[1:3]
-        x = self._model_input(images, sizes)
+        x = normalize(images, inference.canvas_mask(sizes, (height, width)))
         padded = (max(height, window[0]), max(width, window[1]))
         x = jnp.pad(x, ((0, 0), (0, padded[0] - height), (0, padded[1] - width), (0, 0)))
         offsets = [(y, x0) for y in window_offsets(padded[0], window[0], stride[0])
@@ -164,8 +155,8 @@ class Predictor:
         """Predictions for a list of images padded into one batch (padded with copies of the first
         to a multiple of the device count); instance results only when `instances` (not scored)."""
         divisor = self.config.dataset.size_divisibility or 1
-        pad = tuple(_round_up(max(view.shape[axis] for view in views), divisor) for axis in (0, 1))
-        count = _round_up(len(views), jax.local_device_count())
+        pad = tuple(transforms.round_up(max(view.shape[axis] for view in views), divisor) for axis in (0, 1))
+        count = transforms.round_up(len(views), jax.local_device_count())
         views = list(views) + [views[0]] * (count - len(views))
         images = np.zeros((count, *pad, 3), np.uint8)
         for i, view in enumerate(views):
@@ -179,7 +170,7 @@ class Predictor:
     def canvas(self, height: int, width: int) -> tuple[int, int]:
         """The canvas that holds an original size: rounded up to eval.canvas_divisibility."""
         multiple = self.config.eval.canvas_divisibility
-        return _round_up(height, multiple), _round_up(width, multiple)
+        return transforms.round_up(height, multiple), transforms.round_up(width, multiple)
 
     def load(self, checkpoint):
         """{"params", "frozen"} of a checkpoint (training.checkpoint.checkpoint_folder), on this process's devices."""
@@ -224,7 +215,7 @@ class Evaluator(Predictor):
         source = build_source(config.dataset, config.eval.split) if source is None else source
         super().__init__(config, model, dataset_metadata(config.dataset, source))
         self.source = source
-        self.batch_size = _round_up(config.eval.batch_size, jax.local_device_count())
+        self.batch_size = transforms.round_up(config.eval.batch_size, jax.local_device_count())
         self._score = jax.jit(self._score_fn, static_argnames="keep_maps")
 
     def _score_fn(self, predictions, segments, classes, original_sizes, example_valid, keep_maps: bool):
@@ -251,7 +242,7 @@ class Evaluator(Predictor):
         canvas = self.canvas(example["height"], example["width"])
         if self.config.eval.tta:
             return None, canvas
-        return tuple(_round_up(size, divisor) for size in example["views"][0].shape[:2]), canvas
+        return tuple(transforms.round_up(size, divisor) for size in example["views"][0].shape[:2]), canvas
 
     def augmented_scores(self, variables, example, canvas):
         """Test-time augmentation: the semantic scores [1, K, Ho, Wo] of all of an example's views

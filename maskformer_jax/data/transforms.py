@@ -174,7 +174,8 @@ def semantic_train(example, rng, dataset):
     return pad(example, dataset.image_size)
 
 
-def _round_up(value, multiple: int = 32):
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= value."""
     return -(-value // multiple) * multiple
 
 
@@ -184,7 +185,7 @@ def training_canvases(dataset) -> list[tuple[int, int]]:
     max_size_train), rounded up to 32; a batch is one orientation (`orientation`)."""
     if dataset.transform != "detr":
         return [tuple(dataset.image_size)]
-    short, long = _round_up(max(dataset.min_size_train)), _round_up(int(dataset.max_size_train))
+    short, long = round_up(max(dataset.min_size_train), 32), round_up(int(dataset.max_size_train), 32)
     return [(short, long), (long, short)]
 
 

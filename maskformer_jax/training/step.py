@@ -18,9 +18,11 @@ PIXEL_MEAN = (123.675, 116.280, 103.530)  # SPEC.md §1, RGB on a 0-255 scale
 PIXEL_STD = (58.395, 57.120, 57.375)
 
 
-def normalize(images):
-    """uint8 [B, H, W, 3] → float32 normalised with the reference's mean and std."""
-    return (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+def normalize(images, valid=None):
+    """uint8 [B, H, W, 3] → float32 normalised with the reference's mean and std; with valid bool
+    [B, H, W], 0 outside it (detectron2 pads after normalising)."""
+    images = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    return images if valid is None else jnp.where(valid[..., None], images, 0.0)
 
 
 def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
@@ -41,9 +43,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
         rng = jax.random.fold_in(state.rng, state.step)
         dropout_rng, loss_rng = jax.random.split(rng)
         valid = batch["valid"] if absent else None
-        images = normalize(batch["image"])
-        if absent:
-            images = jnp.where(valid[..., None], images, 0.0)
+        images = normalize(batch["image"], valid)
 
         def loss_fn(params):
             outputs = model.apply(
