@@ -34,7 +34,7 @@ def pixel_mean(x, valid=None):
     """Mean over the last axis, or over its `valid` entries (float {0, 1}, broadcastable to x)."""
     if valid is None:
         return pixel_sum(x) / x.shape[-1]
-    return pixel_sum(x * valid) / jnp.maximum(pixel_sum(jnp.broadcast_to(valid, x.shape)), 1.0)
+    return pixel_sum(x * valid) / jnp.maximum(jnp.sum(valid, -1), 1.0)  # count once per image, not per mask
 
 
 def sigmoid_focal_loss(logits, targets, valid=None, alpha: float = 0.25, gamma: float = 2.0):

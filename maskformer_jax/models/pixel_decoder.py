@@ -77,16 +77,18 @@ class PixelDecoder(nn.Module):
                 self.encoder_layers, self.num_heads, self.dim_feedforward, self.dropout, self.remat, self.dtype,
                 name="encoder",
             )(x, valid, train)
-        def valid_at(x):
+
+        def valid_at(x):  # the image's positions at x's resolution (GroupNorm statistics)
             return None if valid is None else downsample_valid(valid, *x.shape[1:3])
 
         y = conv_class(self.conv_dim, 3, dtype=self.dtype, name="layer_4")(decoder_input, valid_at(decoder_input))
         for level in (3, 2, 1):  # res4, res3, res2
             lateral = features[f"res{level + 1}"]
+            level_valid = valid_at(lateral)
             lateral = conv_class(self.conv_dim, 1, relu=False, dtype=self.dtype, name=f"adapter_{level}")(
-                lateral, valid_at(lateral))
+                lateral, level_valid)
             y = lateral + resize_nearest_legacy(y, *lateral.shape[1:3])
-            y = conv_class(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y, valid_at(y))
+            y = conv_class(self.conv_dim, 3, dtype=self.dtype, name=f"layer_{level}")(y, level_valid)
         pixel_embeddings = Conv(
             self.mask_dim,
             (3, 3),
