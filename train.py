@@ -23,6 +23,7 @@ from maskformer_jax import losses
 from maskformer_jax.data.pipeline import train_pipeline
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
+from maskformer_jax.predictions import write_text
 from maskformer_jax.training.checkpoint import Checkpointer, init_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
 from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
@@ -56,9 +57,7 @@ class Logger:
             path = workdir / "metrics.jsonl"
             if path.exists():
                 rows = [row for row in path.read_text().splitlines() if _logged_step(row) <= start_step]
-                temporary = path.with_suffix(".jsonl.tmp")
-                temporary.write_text("".join(row + "\n" for row in rows))
-                temporary.replace(path)
+                write_text(path, "".join(row + "\n" for row in rows))
             self.jsonl = open(path, "a")
 
     def progress(self, step: int):

@@ -45,9 +45,14 @@ def write_png(path, array):
     _write_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
 
 
+def write_text(path, text: str):
+    """Write text atomically."""
+    _write_atomically(path, lambda temporary: temporary.write_text(text))
+
+
 def write_json(path, data, indent=None):
     """Write JSON atomically."""
-    _write_atomically(path, lambda temporary: temporary.write_text(json.dumps(data, indent=indent)))
+    write_text(path, json.dumps(data, indent=indent))
 
 
 def coco_image_id(image_id: str):

@@ -66,11 +66,13 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
 def global_batch(local_batch, mesh):
     """This process's numpy batch → global jax.Arrays sharded over "data" (BATCH_KEYS only).
 
-    The arrays are copied first: grain's worker processes deliver them in shared memory, which a
-    CPU device would otherwise keep using, so that it could outlive the workers (leaked at exit).
+    For CPU devices the arrays are copied first: a CPU device uses host buffers in place, and grain's
+    worker processes deliver them in shared memory, which must not outlive the workers (it leaked at
+    exit). Accelerators copy them to device memory anyway.
     """
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return {key: jax.make_array_from_process_local_data(sharding, np.array(local_batch[key])) for key in BATCH_KEYS}
+    host_array = np.array if mesh.devices.flat[0].platform == "cpu" else np.asarray
+    return {key: jax.make_array_from_process_local_data(sharding, host_array(local_batch[key])) for key in BATCH_KEYS}
 
 
 def jit_train_step(config, model, optimizer, mesh, sharding):
