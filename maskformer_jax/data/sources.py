@@ -204,10 +204,10 @@ class CocoPanopticSource:
         for annotation in self.annotations:
             if annotation["image_id"] not in files:
                 raise DataError(f"{annotation_json}: annotation of unknown image id {annotation['image_id']}")
-            annotation["image_file"] = files[annotation["image_id"]]["file_name"]
-            if "height" in files[annotation["image_id"]]:
-                annotation["height"] = int(files[annotation["image_id"]]["height"])
-                annotation["width"] = int(files[annotation["image_id"]]["width"])
+            image = files[annotation["image_id"]]
+            annotation["image_file"] = image["file_name"]
+            if "height" in image:
+                annotation["height"], annotation["width"] = int(image["height"]), int(image["width"])
             for segment in annotation["segments_info"]:
                 if segment["category_id"] not in self.category_to_class:
                     raise DataError(
