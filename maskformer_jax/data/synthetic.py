@@ -5,7 +5,11 @@ Each scene has two or three textured "stuff" regions split by wavy boundaries an
 and pixel noise. Classes: stuff 0 sky, 1 grass, 2 wall, 3 water; things 4 disc, 5 box, 6 triangle.
 """
 
+import pathlib
+
 import numpy as np
+from absl import app, flags
+from PIL import Image
 
 CLASS_NAMES = ("sky", "grass", "wall", "water", "disc", "box", "triangle")
 THING_CLASSES = (4, 5, 6)
@@ -113,3 +117,23 @@ class SyntheticSource:
             "iscrowd": np.zeros(len(present), bool),
             "image_id": f"synthetic_{self.seed}_{index}",
         }
+
+
+def main(argv):
+    """Write scenes of the built-in validation set as PNG files (inputs to try predict.py on)."""
+    del argv
+    output, count = pathlib.Path(flags.FLAGS.output), flags.FLAGS.count
+    if count < 1:
+        raise app.UsageError(f"--count must be at least 1, got {count}")
+    output.mkdir(parents=True, exist_ok=True)
+    source = SyntheticSource(count, seed=1)  # the validation scenes (seed 1), as build_source gives them
+    for index in range(count):
+        Image.fromarray(source[index]["image"]).save(output / f"scene_{index}.png")
+    print(f"wrote {count} scenes to {output}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("output", None, "Folder for the PNG files.")
+    flags.DEFINE_integer("count", 4, "How many scenes.")
+    flags.mark_flag_as_required("output")
+    app.run(main)
