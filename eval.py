@@ -12,9 +12,10 @@ panopticapi's pq_compute reads.
 import pathlib
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from maskformer_jax import cli
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
 from maskformer_jax.predictions import write_json
@@ -39,6 +40,7 @@ def table(result: dict, class_names) -> str:
 
 def evaluate_checkpoint(config, workdir, checkpoint=None) -> dict:
     workdir = pathlib.Path(workdir)
+    cli.check_config(config, training=False)
     model = build_model(config.model)
     evaluator = Evaluator(config, model)
     folder = checkpoint_folder(checkpoint or workdir)
@@ -56,7 +58,8 @@ def evaluate_checkpoint(config, workdir, checkpoint=None) -> dict:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
     logging.set_verbosity(logging.WARNING)
     if FLAGS.distributed:
         jax.distributed.initialize()
@@ -65,9 +68,9 @@ def main(argv):
 
 if __name__ == "__main__":
     FLAGS = flags.FLAGS
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    _CONFIG = cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Run folder: its latest checkpoint is evaluated, results are written here.")
     flags.DEFINE_string("checkpoint", None, "Evaluate this checkpoint instead (a workdir, checkpoints/ or step folder).")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

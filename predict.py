@@ -13,12 +13,12 @@ import collections
 import pathlib
 
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from maskformer_jax import visualize
+from maskformer_jax import cli, visualize
 from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data.sources import IMAGE_SUFFIXES, read_image
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.evaluation import Predictor
 from maskformer_jax.models import build_model
 from maskformer_jax.predictions import write_png
@@ -70,12 +70,13 @@ def picture_names(paths) -> list[str]:
 def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
     """Write one picture per input image into `output`; returns their paths."""
     paths = image_paths(inputs)
-    output = pathlib.Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    cli.check_config(config, training=False)
     model = build_model(config.model)
     metadata = dataset_metadata(config.dataset)
     predictor = Predictor(config, model, metadata)
     variables = predictor.load(checkpoint)
+    output = pathlib.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
     written = []
     for index, (path, name) in enumerate(zip(paths, picture_names(paths))):
         image = read_image(path)
@@ -90,14 +91,14 @@ def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
-        raise app.UsageError("give at least one image or folder")
+        raise ConfigError("no images: give image files or folders after the flags")
     predict_files(_CONFIG.value, FLAGS.checkpoint, argv[1:], FLAGS.output)
 
 
 if __name__ == "__main__":
     FLAGS = flags.FLAGS
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    _CONFIG = cli.define_config_flag()
     flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints/ folder or one step's folder.")
     flags.DEFINE_string("output", None, "Folder for the pictures.")
     flags.mark_flags_as_required(["config", "checkpoint", "output"])
-    app.run(main)
+    cli.run(main)

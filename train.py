@@ -16,10 +16,10 @@ import time
 
 import jax
 import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from maskformer_jax import losses
+from maskformer_jax import cli
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.data.pipeline import train_pipeline
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
@@ -111,14 +111,38 @@ def use_compilation_cache(setting: str, workdir: pathlib.Path):
                       setting or jax.config.jax_compilation_cache_dir or str(workdir / "compilation_cache"))
 
 
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, step: int, log):
+    """<workdir>/config.json: the resolved config. A resumed run whose config differs from the one
+    there keeps it (it describes the checkpoints) and writes its own to config_resumed_<step>.json."""
+    text = config.to_json_best_effort(indent=2)
+    path = workdir / "config.json"
+    if step > 0 and path.exists() and path.read_text() != text:
+        old = json.loads(path.read_text())
+        new = json.loads(text)
+        changed = sorted(key for key in set(_flat(old)) | set(_flat(new)) if _flat(old).get(key) != _flat(new).get(key))
+        path = workdir / f"config_resumed_{step}.json"
+        log(f"the config differs from config.json in {', '.join(changed)}; config.json is kept, this run's "
+            f"config is written to {path.name}")
+    write_text(path, text)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested dict."""
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
-    """Train for config.num_steps (resuming from workdir if it has a checkpoint); returns the last metrics."""
+    """Train for config.num_steps (resuming from workdir if it has a checkpoint); returns the last metrics.
+
+    The config, the dataset and a checkpoint to resume from are checked before anything is written
+    (errors.ConfigError / DataError that name the fix)."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    losses.validate(config)
-    use_compilation_cache(config.compilation_cache_dir, workdir.absolute())
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir}: exists and is not a folder")
+    cli.check_config(config, training=True)
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     rng = jax.random.PRNGKey(config.seed)
 
@@ -128,6 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     abstract = jax.eval_shape(create)
     sharding = state_sharding(abstract, mesh, config.fsdp)
     iterator = iter(train_pipeline(config))
+    workdir.mkdir(parents=True, exist_ok=True)
+    use_compilation_cache(config.compilation_cache_dir, workdir.absolute())
     checkpointer = Checkpointer(workdir, config.checkpoint_every, config.checkpoints_to_keep)
     state = checkpointer.restore(with_shardings(abstract, sharding), iterator)
     reinitialised = []
@@ -137,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
                                                   config.init_reinitialize_mismatched)
             state = state.replace(**weights)
+    if jax.process_index() == 0:
+        write_config(workdir, config, int(state.step), print)
     logger = Logger(workdir, config.num_steps, config.batch_size, int(state.step))
     if int(state.step) > 0:
         logger.info(f"resumed from step {int(state.step)}")
@@ -205,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -216,11 +245,11 @@ def main(argv):
 
 if __name__ == "__main__":
     FLAGS = flags.FLAGS
-    _CONFIG = config_flags.DEFINE_config_file("config", str(DEMO_CONFIG), "Experiment config file.", lock_config=True)
+    _CONFIG = cli.define_config_flag(str(DEMO_CONFIG))
     flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the resolved config.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with cluster auto-detection.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for explicit multi-process runs.")
     flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
     flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    cli.run(main)

@@ -25,6 +25,7 @@ from maskformer_jax import inference, metrics
 from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data import transforms
 from maskformer_jax.data.pipeline import build_source, eval_pipeline
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.predictions import PredictionWriter, merge_panoptic_parts
 from maskformer_jax.resize import clamp_to_extent, downsample_valid, resize_bilinear, valid_extent
@@ -41,14 +42,14 @@ def validate(config: ml_collections.ConfigDict):
     """Errors that name the config key, before any work."""
     task, evaluation = config.inference.task, config.eval
     if task not in TASKS:
-        raise ValueError(f"config.inference.task must be one of {TASKS}, got {task!r}")
+        raise ConfigError(f"config.inference.task must be one of {TASKS}, got {task!r}")
     if (evaluation.tta or evaluation.sliding_window) and task != "semantic":
-        raise ValueError("config.eval.tta and config.eval.sliding_window apply to config.inference.task "
+        raise ConfigError("config.eval.tta and config.eval.sliding_window apply to config.inference.task "
                          f"'semantic' only (the reference has no panoptic test-time augmentation), got {task!r}")
     if evaluation.tta and not evaluation.tta_sizes:
-        raise ValueError("config.eval.tta needs config.eval.tta_sizes")
+        raise ConfigError("config.eval.tta needs config.eval.tta_sizes")
     if evaluation.batch_size < 1:
-        raise ValueError(f"config.eval.batch_size must be positive, got {evaluation.batch_size}")
+        raise ConfigError(f"config.eval.batch_size must be positive, got {evaluation.batch_size}")
 
 
 def window_offsets(size: int, window: int, stride: int) -> list[int]:
@@ -71,7 +72,7 @@ class Predictor:
         self.config, self.model, self.metadata = config, model, metadata
         self.num_classes = config.model.num_classes
         if len(metadata.class_names) != self.num_classes:
-            raise ValueError(f"the {config.dataset.name!r} data has {len(metadata.class_names)} classes but "
+            raise ConfigError(f"the {config.dataset.name!r} data has {len(metadata.class_names)} classes but "
                              f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
         self.padding_absent = transforms.padding_absent(config.dataset)

@@ -14,6 +14,7 @@ import ml_collections
 import optax
 from jax import lax
 
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.matching import PAIRWISE_MASK_COSTS, SOLVERS, match, matching_cost
 from maskformer_jax.resize import (bilinear_taps, clamp_to_extent, downsample_valid, resize_bilinear,
                                    sample_bilinear, valid_extent)
@@ -185,16 +186,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key, known in (("weights", MASK_LOSSES), ("cost_weights", PAIRWISE_MASK_COSTS)):
         unknown = sorted(set(loss[key]) - set(known) - {"class"})
         if unknown:
-            raise ValueError(f"config.loss.{key} has unknown terms {unknown}; known: class, {sorted(known)}")
+            raise ConfigError(f"config.loss.{key} has unknown terms {unknown}; known: class, {sorted(known)}")
     if loss.matcher not in SOLVERS:
-        raise ValueError(f"config.loss.matcher must be one of {sorted(SOLVERS)}, got {loss.matcher!r}")
+        raise ConfigError(f"config.loss.matcher must be one of {sorted(SOLVERS)}, got {loss.matcher!r}")
     if loss.max_targets > config.model.num_queries:
-        raise ValueError(
+        raise ConfigError(
             f"config.loss.max_targets ({loss.max_targets}) exceeds config.model.num_queries "
             f"({config.model.num_queries}): every target needs its own query"
         )
     if loss.num_points < 0 or (loss.num_points and not (loss.oversample_ratio >= 1 and 0 <= loss.importance_sample_ratio <= 1)):
-        raise ValueError(
+        raise ConfigError(
             "config.loss.num_points must be >= 0, with oversample_ratio >= 1 and importance_sample_ratio in [0, 1]"
         )
 

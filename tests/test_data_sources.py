@@ -9,9 +9,10 @@ from PIL import Image
 
 from configs import tiny
 from maskformer_jax.data.check import check
-from maskformer_jax.data.sources import CocoPanopticSource, DataError, SemanticFolderSource, ade20k_source
+from maskformer_jax.data.sources import CocoPanopticSource, SemanticFolderSource, ade20k_source
 from maskformer_jax.data.synthetic import SyntheticSource
 from maskformer_jax.data.targets import make_targets
+from maskformer_jax.errors import DataError
 
 
 def write_image(path, height, width, seed=0):

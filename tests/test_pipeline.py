@@ -5,8 +5,8 @@ import pytest
 
 from configs import tiny
 from maskformer_jax.data.pipeline import AspectGroupedOrder, eval_pipeline, train_pipeline
-from maskformer_jax.data.sources import DataError
 from maskformer_jax.data.synthetic import SyntheticSource
+from maskformer_jax.errors import DataError
 
 SOURCE = SyntheticSource(24, (96, 96), seed=9)
 

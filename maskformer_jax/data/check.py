@@ -4,25 +4,27 @@
 
 Prints the number of examples, a class histogram (images and pixels per class), the most targets in
 one image, and every unreadable or inconsistent file (missing files, image/label size mismatch,
-label values outside the classes, more targets than config.loss.max_targets). Exits 1 if any.
+label values outside the classes, more targets than config.loss.max_targets). Exits 1 if any (after
+listing them all), 2 for a config that cannot work (one line, as the other commands).
 """
 
 import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from maskformer_jax import cli
+from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data.pipeline import build_source
-from maskformer_jax.data.sources import DataError
+from maskformer_jax.errors import DataError
 from maskformer_jax.data.targets import make_targets
 
 def check(config, split: str, out=None) -> int:
     """Scan the split, print the report to `out` (stdout); returns the number of problems found."""
     out = out or sys.stdout
     try:
-        source = build_source(config.dataset, split)
-    except (DataError, ValueError) as error:
+        source = build_source(config.dataset, split, strict=False)
+    except DataError as error:
         print(f"cannot open the {split} split of {config.dataset.name!r}: {error}", file=out)
         return 1
     num_classes = config.model.num_classes
@@ -48,7 +50,7 @@ def check(config, split: str, out=None) -> int:
         if (index + 1) % 500 == 0:
             print(f"  {index + 1}/{len(source)} examples read, {len(problems)} problems", file=out)
 
-    names = getattr(source, "class_names", [str(i) for i in range(num_classes)])
+    names = dataset_metadata(config.dataset, source).class_names
     print(f"{config.dataset.name} {split}: {len(source)} examples, {len(problems)} problems", file=out)
     print(f"most targets in one image: {most_targets} ({most_targets_image}); "
           f"config.loss.max_targets = {config.loss.max_targets}", file=out)
@@ -63,10 +65,15 @@ def check(config, split: str, out=None) -> int:
 
 def main():
     # Flags are defined here, not at import, so that importing this module defines none.
-    config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    config = cli.define_config_flag()
     split = flags.DEFINE_enum("split", "train", ["train", "validation"], "Split to scan.")
     flags.mark_flag_as_required("config")
-    app.run(lambda argv: sys.exit(1 if check(config.value, split.value) else 0))
+
+    def run(argv):
+        cli.check_config(config.value, training=False)
+        sys.exit(1 if check(config.value, split.value) else 0)
+
+    cli.run(run)
 
 
 if __name__ == "__main__":

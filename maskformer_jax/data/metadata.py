@@ -170,8 +170,8 @@ def make_metadata(class_names, thing_classes=(), category_ids=None) -> Metadata:
 
 def dataset_metadata(dataset: ml_collections.ConfigDict, source=None) -> Metadata:
     """The classes of `config.dataset`: from its source when given (the COCO JSON's categories, a
-    folder's classes.txt), else the built-in lists (synthetic, ADE20K-150, COCO panoptic), else
-    "class_<k>" names for config.dataset.num_classes classes."""
+    folder's classes.txt), else the built-in lists (synthetic, ADE20K-150, COCO panoptic) or a
+    semantic_folder's classes.txt, else "class_<k>" names for config.dataset.num_classes classes."""
     if source is not None and hasattr(source, "class_names"):
         category_ids = None
         if hasattr(source, "category_to_class"):
@@ -181,6 +181,8 @@ def dataset_metadata(dataset: ml_collections.ConfigDict, source=None) -> Metadat
         return make_metadata(synthetic.CLASS_NAMES, synthetic.THING_CLASSES)
     if dataset.name == "ade20k":
         return make_metadata(sources.ADE20K_CLASS_NAMES)
+    if dataset.name == "semantic_folder":
+        return make_metadata(sources.read_class_names(dataset.root))
     if dataset.name == "coco_panoptic":
         ids, names, things = zip(*COCO_PANOPTIC_CATEGORIES)
         return make_metadata(names, [k for k, thing in enumerate(things) if thing], ids)

@@ -22,20 +22,25 @@ import numpy as np
 
 from maskformer_jax.data import sources, synthetic, transforms
 from maskformer_jax.data.targets import make_targets
+from maskformer_jax.errors import ConfigError, DataError
 
 BATCH_KEYS = ("image", "valid", "segments", "labels")  # the arrays that go to the device
 TRAIN_KEYS = BATCH_KEYS + ("image_id",)
 EVAL_KEYS = ("views", "segments", "classes", "iscrowd", "image_id", "height", "width")
 
 
-def build_source(dataset: ml_collections.ConfigDict, split: str):
-    """The raw-example source that `config.dataset` names, for split "train" or "validation"."""
+DATASETS = ("synthetic", "ade20k", "coco_panoptic", "semantic_folder", "tfds")
+
+
+def build_source(dataset: ml_collections.ConfigDict, split: str, strict: bool = True):
+    """The raw-example source that `config.dataset` names, for split "train" or "validation".
+    `strict=False`: a folder's images without a label file are listed (`missing_labels`), not an error."""
     name = dataset.name
     if name == "synthetic":
         count = dataset.synthetic_train_examples if split == "train" else dataset.synthetic_eval_examples
         return synthetic.SyntheticSource(count, dataset.synthetic_size, seed=0 if split == "train" else 1)
     if name == "ade20k":
-        return sources.ade20k_source(dataset.root, split)
+        return sources.ade20k_source(dataset.root, split, strict)
     if name == "coco_panoptic":
         return sources.coco_panoptic_source(dataset.root, "train" if split == "train" else "val")
     if name == "tfds":
@@ -44,9 +49,9 @@ def build_source(dataset: ml_collections.ConfigDict, split: str):
         return TfdsSource(dataset.tfds_name, split, dataset.tfds_data_dir or None, dataset.ignore_label)
     if name == "semantic_folder":
         return sources.SemanticFolderSource(
-            dataset.root, split, ignore_label=dataset.ignore_label, reduce_zero_label=dataset.reduce_zero_label
-        )
-    raise ValueError(f"unknown config.dataset.name {name!r}")
+            dataset.root, split, ignore_label=dataset.ignore_label, reduce_zero_label=dataset.reduce_zero_label,
+            strict=strict)
+    raise ConfigError(f"config.dataset.name must be one of {DATASETS}, got {name!r}")
 
 
 def _train_example(example, rng, dataset, max_targets):
@@ -128,7 +133,7 @@ def _grouped_train_example(element, source, dataset, max_targets):
     example = source[index]
     if example["image"].shape[:2] != listed_size:
         height, width = example["image"].shape[:2]
-        raise sources.DataError(f"image {example['image_id']} is {height}x{width} but listed as "
+        raise DataError(f"image {example['image_id']} is {height}x{width} but listed as "
                                 f"{listed_size[0]}x{listed_size[1]} by its source; fix the annotation file")
     example = transforms.detr_apply(example, plan)
     example = transforms.pad(example, transforms.training_canvases(dataset)[orientation])
@@ -148,10 +153,10 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if config.batch_size % process_count:
-        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by {process_count} processes")
+        raise ConfigError(f"config.batch_size {config.batch_size} is not divisible by {process_count} processes")
     source = build_source(config.dataset, "train") if source is None else source
     if len(source) == 0:
-        raise ValueError(f"the training split of {config.dataset.name!r} is empty")
+        raise DataError(f"the training split of {config.dataset.name!r} is empty")
     if config.dataset.transform == "detr":
         order = AspectGroupedOrder(image_shapes(source), config.batch_size, config.seed, config.dataset)
         # Global position p → process p % process_count: each global batch's positions are consecutive,
@@ -186,8 +191,8 @@ def train_pipeline(config: ml_collections.ConfigDict, source=None, process_index
 
 def _eval_example(example, short_sizes, max_size, max_segments, test_size=None):
     if len(example["classes"]) > max_segments:
-        raise ValueError(f"image {example['image_id']} has {len(example['classes'])} segments, more than "
-                         f"config.eval.max_segments = {max_segments}")
+        raise DataError(f"image {example['image_id']} has {len(example['classes'])} segments, more than "
+                        f"config.eval.max_segments = {max_segments}; raise it")
     example = transforms.evaluation(example, short_sizes, max_size, test_size)
     return {key: example[key] for key in EVAL_KEYS}
 
@@ -200,7 +205,7 @@ def eval_pipeline(config: ml_collections.ConfigDict, source=None, process_index=
     process_count = jax.process_count() if process_count is None else process_count
     source = build_source(config.dataset, config.eval.split) if source is None else source
     if len(source) == 0:
-        raise ValueError(f"the {config.eval.split} split of {config.dataset.name!r} is empty")
+        raise DataError(f"the {config.eval.split} split of {config.dataset.name!r} is empty")
     dataset, evaluation = config.dataset, config.eval
     test_size = (dataset.min_size_test, dataset.max_size_test)
     if evaluation.tta:  # views resized from the test mapper's output, as detectron2's DatasetMapperTTA

@@ -17,11 +17,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from maskformer_jax.errors import DataError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names it."""
 
 
 # EXIF orientations that swap height and width (transpose, rotate 270, transverse, rotate 90).
@@ -77,10 +75,19 @@ def _paired_files(image_dir: pathlib.Path, label_dir: pathlib.Path, label_suffix
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     labels = [label_dir / (p.stem + label_suffix) for p in images]
-    missing = [str(p) for p in labels if not p.is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} label files missing, e.g. {missing[0]}")
     return images, labels
+
+
+def read_class_names(root) -> list[str]:
+    """The class names of a semantic_folder dataset: root/classes.txt, one per line in label order."""
+    names_file = pathlib.Path(root) / "classes.txt"
+    if not names_file.is_file():
+        raise DataError(f"{names_file}: class names file not found; write one class name per line, "
+                        "the name of label 0 first (docs/own_data.md)")
+    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{names_file}: no class names; write one per line, the name of label 0 first")
+    return names
 
 
 class SemanticFolderSource:
@@ -88,21 +95,23 @@ class SemanticFolderSource:
 
     root/images/<split>/*.jpg|png, root/labels/<split>/*.png, root/classes.txt (one name per line).
     Label values are class ids 0..K-1; `ignore_label` is ignore; `reduce_zero_label` maps 0 to ignore
-    and v to v - 1 first (ADE20K's convention). Any other value is an error naming the file.
+    and v to v - 1 first (ADE20K's convention). Any other value is an error naming the file. Images
+    without a label are an error at construction, or with `strict=False` (data.check, which lists
+    them) when read.
     """
 
     def __init__(self, root, split: str, ignore_label: int = 255, reduce_zero_label: bool = False,
-                 image_dir: str = "images", label_dir: str = "labels", class_names: Sequence[str] | None = None):
+                 image_dir: str = "images", label_dir: str = "labels", class_names: Sequence[str] | None = None,
+                 strict: bool = True):
         root = pathlib.Path(root)
-        if class_names is None:
-            names_file = root / "classes.txt"
-            if not names_file.is_file():
-                raise DataError(f"{names_file}: class names file not found")
-            class_names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-        self.class_names = list(class_names)
+        self.class_names = list(read_class_names(root) if class_names is None else class_names)
         self.ignore_label = ignore_label
         self.reduce_zero_label = reduce_zero_label
         self.images, self.labels = _paired_files(root / image_dir / split, root / label_dir / split)
+        self.missing_labels = [path for path in self.labels if not path.is_file()]
+        if self.missing_labels and strict:
+            raise DataError(f"{len(self.missing_labels)} label files missing, e.g. {self.missing_labels[0]} "
+                            "(python -m maskformer_jax.data.check lists them all)")
 
     def __len__(self):
         return len(self.images)
@@ -163,7 +172,7 @@ ADE20K_CLASS_NAMES = (
 ADE20K_SPLITS = {"train": "training", "validation": "validation"}
 
 
-def ade20k_source(root, split: str) -> SemanticFolderSource:
+def ade20k_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
     """ADE20K-150 in its released layout: root/ADEChallengeData2016/{images,annotations}/{training,validation}.
 
     Label 0 ("other") is ignore and 1..150 become classes 0..149 (SPEC.md §5).
@@ -173,7 +182,7 @@ def ade20k_source(root, split: str) -> SemanticFolderSource:
         raise DataError(f"ADE20K split must be one of {sorted(ADE20K_SPLITS)}, got {split!r}")
     return SemanticFolderSource(
         folder, ADE20K_SPLITS[split], ignore_label=255, reduce_zero_label=True, image_dir="images",
-        label_dir="annotations", class_names=ADE20K_CLASS_NAMES,
+        label_dir="annotations", class_names=ADE20K_CLASS_NAMES, strict=strict,
     )
 
 

@@ -12,7 +12,7 @@ image, unless `drop_smallest` is set (the smallest, empty ones first, are then l
 
 import numpy as np
 
-from maskformer_jax.data.sources import DataError
+from maskformer_jax.errors import DataError
 
 
 def make_targets(example, mode: str, max_targets: int, drop_smallest: bool = False):

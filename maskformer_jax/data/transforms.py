@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.resize import legacy_nearest_index
 
 IMAGE_PAD_VALUE = 128  # the semantic mappers pad images with 128 (labels with ignore)
@@ -27,7 +28,7 @@ def padding_absent(dataset) -> bool:
     recipe, whose reference trains unpadded images, and counted for the semantic one, whose
     reference pads crops with 128 / ignore."""
     if dataset.padding not in PADDING:
-        raise ValueError(f"config.dataset.padding must be 'absent', 'counted' or '' (by transform), "
+        raise ConfigError(f"config.dataset.padding must be 'absent', 'counted' or '' (by transform), "
                          f"got {dataset.padding!r}")
     return dataset.padding == "absent" or (dataset.padding == "" and dataset.transform == "detr")
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.models.conv import Conv
 from maskformer_jax.models.pixel_decoder import PixelDecoder, c2_xavier_fill
 from maskformer_jax.models.resnet import ResNet
@@ -116,15 +117,15 @@ def build_backbone(config: ml_collections.ConfigDict, dtype, remat: bool = False
             remat=remat,
             dtype=dtype,
         )
-    raise ValueError(f"config.model.backbone.name must be 'resnet' or 'swin', got {config.name!r}")
+    raise ConfigError(f"config.model.backbone.name must be 'resnet' or 'swin', got {config.name!r}")
 
 
 def build_model(config: ml_collections.ConfigDict) -> MaskFormer:
     """The MaskFormer described by a model config (`config.model` of an experiment config)."""
     if config.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+        raise ConfigError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     if config.precision not in PRECISIONS:
-        raise ValueError(f"config.model.precision must be one of {PRECISIONS}, got {config.precision!r}")
+        raise ConfigError(f"config.model.precision must be one of {PRECISIONS}, got {config.precision!r}")
     dtype = DTYPES[config.dtype]
     transformer = dict(
         num_heads=config.num_heads, dim_feedforward=config.dim_feedforward, dropout=config.dropout,

@@ -12,6 +12,65 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from maskformer_jax.errors import ConfigError
+
+
+def _key_name(key) -> str:
+    """One step of a jax key path as orbax names it: a dict key, a sequence index or a field name."""
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _arrays(tree, prefix=()) -> dict:
+    """{"a/b/c": (shape, dtype name)} of the arrays of a pytree: abstract arrays or orbax's stored
+    metadata (nested dicts and lists whose leaves have a shape and a dtype)."""
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return {"/".join(prefix): (tuple(tree.shape), str(tree.dtype))}
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _arrays(value, prefix + (str(key),)).items()}
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+        return {k: v for index, value in enumerate(tree) for k, v in _arrays(value, prefix + (str(index),)).items()}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(prefix + tuple(map(_key_name, path))): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
+
+
+def _stored_arrays(folder) -> dict:
+    """`_arrays` of a checkpoint step's state, read from its metadata (no array is loaded)."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(folder) / "state")
+    return _arrays(getattr(metadata, "tree", metadata))
+
+
+def check_fits(folder, abstract, hint: str):
+    """Raise a ConfigError naming every array of the checkpoint `folder` (one step's) whose shape or
+    dtype differs from `abstract`'s, and the arrays only one of them has, before orbax reads it.
+    Only the top-level entries of `abstract` are compared (e.g. {"params", "frozen"} for weights)."""
+    wanted = _arrays(abstract)
+    top = {name.split("/")[0] for name in wanted}
+    stored = {name: value for name, value in _stored_arrays(folder).items() if name.split("/")[0] in top}
+    differ = [f"{name} {stored[name][0]} {stored[name][1]} stored, {wanted[name][0]} {wanted[name][1]} here"
+              for name in sorted(wanted) if name in stored and stored[name] != wanted[name]]
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted))
+    if not (differ or missing or extra):
+        return
+    parts = []
+    if differ:
+        optimizer = [line for line in differ if line.startswith("opt_state/")]
+        if len(optimizer) < len(differ):  # the weights say it; their optimizer moments follow them
+            differ = [line for line in differ if not line.startswith("opt_state/")]
+        parts.append(f"{_arrays_count(len(differ))} {'differs' if len(differ) == 1 else 'differ'}: " + "; ".join(differ)
+                     + (f" (and {len(optimizer)} optimizer-state arrays)" if optimizer and optimizer != differ else ""))
+    for label, names in (("missing from the checkpoint", missing), ("not in this config", extra)):
+        if names:
+            parts.append(f"{_arrays_count(len(names))} {label} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    raise ConfigError(f"{folder} does not fit this config: " + "; ".join(parts) + f". {hint}")
+
+
+def _arrays_count(count: int) -> str:
+    return f"{count} array" + ("s" if count != 1 else "")
+
 
 def with_shardings(abstract, shardings):
     """Attach target shardings to an abstract pytree (restore places every array where it belongs)."""
@@ -42,10 +101,16 @@ class Checkpointer:
 
     def restore(self, abstract_state, iterator, step=None):
         """The state at `step` (default: the latest) placed as `abstract_state`'s shardings say;
-        `iterator` is moved to where it was. None when there is no checkpoint."""
+        `iterator` is moved to where it was. None when there is no checkpoint. A checkpoint of
+        another model (shapes, dtypes or arrays differ) is a ConfigError that lists the differences."""
         step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
+        workdir = self.manager.directory.parent
+        check_fits(self.manager.directory / str(step), abstract_state,
+                   f"Resume with the config it was saved with ({workdir / 'config.json'}), or train in a new "
+                   f"workdir with --config.init_from={workdir} (and --config.init_reinitialize_mismatched=True "
+                   "to initialise the differing weights afresh)")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data_iter=grain.checkpoint.CheckpointRestore(iterator)
         )
@@ -69,22 +134,17 @@ def checkpoint_folder(path) -> pathlib.Path:
     return path / str(steps[0])
 
 
-def load_weights(path, abstract_weights):
+def load_weights(path, abstract_weights, check: bool = True):
     """{"params", "frozen"} from a checkpoint (see `checkpoint_folder`), ignoring the optimizer state
-    and the step: for `config.init_from` and evaluation."""
+    and the step: for `config.init_from` and evaluation. With `check`, weights of another model are a
+    ConfigError that lists the differences."""
     path = checkpoint_folder(path)
+    if check:
+        check_fits(path, abstract_weights, "Use the config it was trained with (config.json in its workdir)")
     return ocp.PyTreeCheckpointer().restore(
         path / "state",
         args=ocp.args.PyTreeRestore(item=abstract_weights, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights), partial_restore=True),
     )
-
-
-def stored_shapes(path) -> dict:
-    """{path tuple: shape} of the {"params", "frozen"} arrays stored in a checkpoint, read from its metadata."""
-    metadata = ocp.PyTreeCheckpointer().metadata(checkpoint_folder(path) / "state")
-    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-    tree = {key: tree[key] for key in ("params", "frozen") if key in tree}
-    return {key: tuple(leaf.shape) for key, leaf in traverse_util.flatten_dict(tree).items()}
 
 
 def init_weights(path, fresh_weights, reinitialize_mismatched: bool = False):
@@ -95,17 +155,17 @@ def init_weights(path, fresh_weights, reinitialize_mismatched: bool = False):
     unless `reinitialize_mismatched`: then it keeps its fresh value. Returns (weights, the
     "/"-joined names of the re-initialised variables).
     """
-    stored = stored_shapes(path)
-    fresh = traverse_util.flatten_dict(fresh_weights)
-    missing = sorted("/".join(key) for key in fresh if key not in stored)
-    mismatched = {key for key, value in fresh.items() if key in stored and stored[key] != value.shape}
-    names = sorted(f"{'/'.join(key)} {stored[key]} → {fresh[key].shape}" for key in mismatched)
+    stored = {name: shape for name, (shape, _) in _stored_arrays(checkpoint_folder(path)).items()}
+    fresh = {tuple(name.split("/")): value for name, value in traverse_util.flatten_dict(fresh_weights, sep="/").items()}
+    missing = sorted("/".join(key) for key in fresh if "/".join(key) not in stored)
+    mismatched = {key for key, value in fresh.items() if "/".join(key) in stored and stored["/".join(key)] != value.shape}
+    names = sorted(f"{'/'.join(key)} {stored['/'.join(key)]} → {fresh[key].shape}" for key in mismatched)
     if missing:
-        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} variables of this model: {', '.join(missing[:12])}")
+        raise ConfigError(f"{path}: the checkpoint lacks {len(missing)} variables of this model: {', '.join(missing[:12])}")
     if mismatched and not reinitialize_mismatched:
-        raise ValueError(f"{path}: shapes differ from this model's for {', '.join(names)}; set "
+        raise ConfigError(f"{path}: shapes differ from this model's for {', '.join(names)}; set "
                          "config.init_reinitialize_mismatched=True to initialise these afresh")
     abstract = {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding)
                 for key, value in fresh.items() if key not in mismatched}
-    restored = traverse_util.flatten_dict(load_weights(path, traverse_util.unflatten_dict(abstract)))
+    restored = traverse_util.flatten_dict(load_weights(path, traverse_util.unflatten_dict(abstract), check=False))
     return traverse_util.unflatten_dict({**fresh, **restored}), sorted("/".join(key) for key in mismatched)

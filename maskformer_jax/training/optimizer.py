@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from maskformer_jax.errors import ConfigError
+
 NO_DECAY_PARAMETERS = ("query_embed", "relative_position_bias_table")
 
 
@@ -31,7 +33,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
             passed = sum((step >= boundary).astype(jnp.float32) for boundary in config.decay_steps)
             decay = config.decay_factor**passed
         else:
-            raise ValueError(f"config.optimizer.schedule must be 'poly' or 'step', got {config.schedule!r}")
+            raise ConfigError(f"config.optimizer.schedule must be 'poly' or 'step', got {config.schedule!r}")
         return base * warmup * decay
 
     return schedule
@@ -64,7 +66,7 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
     """The full optimizer for `config` (reads config.optimizer and config.num_steps)."""
     optimizer = config.optimizer
     if optimizer.name != "adamw":
-        raise ValueError(f"config.optimizer.name must be 'adamw', got {optimizer.name!r}")
+        raise ConfigError(f"config.optimizer.name must be 'adamw', got {optimizer.name!r}")
     schedule = learning_rate_schedule(optimizer, config.num_steps)
 
     def adamw(multiplier):
