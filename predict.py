@@ -3,10 +3,11 @@
     python predict.py --config configs/X.py --checkpoint PATH --output DIR IMAGE_OR_FOLDER [...]
 
 For each image, DIR/<stem>.png (<stem>_<suffix>.png where inputs share a stem) shows the
-prediction (config.inference.task) over the image in a fixed colour palette, with segment outlines
-and a legend of the classes present; instances of one thing class get distinct shades of the class
-colour. PATH is a workdir, its checkpoints/ folder,
-or one step's folder.
+prediction (config.inference.task) over the image in the dataset's palette (ADE20K's, COCO's, the
+synthetic set's; a fixed one otherwise), with segment outlines and a legend of the classes present;
+instances of one thing class get distinct shades of the class colour, and instances with a score
+of at most 0.5 or less than 0.2% of the image visible are left out. Small images are drawn
+enlarged. PATH is a workdir, its checkpoints/ folder, or one step's folder.
 """
 
 import collections
@@ -23,7 +24,8 @@ from maskformer_jax.evaluation import Predictor
 from maskformer_jax.models import build_model
 from maskformer_jax.predictions import write_png
 
-INSTANCE_SCORE_THRESHOLD = 0.5  # instances drawn in the pictures
+# Instances drawn in the pictures: score above this, and at least this share of the image visible.
+INSTANCE_SCORE_THRESHOLD, INSTANCE_MIN_AREA = 0.5, 0.002
 
 
 def image_paths(inputs) -> list[pathlib.Path]:
@@ -43,19 +45,23 @@ def image_paths(inputs) -> list[pathlib.Path]:
 
 
 def picture(image, prediction, metadata, task: str):
-    """The drawing of one prediction (Predictor.predict's output) over its image."""
-    names, things = metadata.class_names, np.nonzero(metadata.is_thing)[0]
+    """The drawing of one prediction (Predictor.predict's output) over its image, in the dataset's palette."""
+    names, things, colours = metadata.class_names, np.nonzero(metadata.is_thing)[0], metadata.colors
     if task == "panoptic":
-        classes = prediction["segment_classes"]
-        return visualize.draw_segmentation(image, prediction["segment_map"], np.maximum(classes, 0), names, things)
+        classes = np.maximum(prediction["segment_classes"], 0)
+        return visualize.draw_segmentation(image, prediction["segment_map"], classes, names, things, class_colours=colours)
     if task == "instance":
         instances = prediction["instances"]
         keep = np.nonzero(instances["kept"] & (instances["scores"] > INSTANCE_SCORE_THRESHOLD))[0]
         segment_map = np.full(image.shape[:2], -1, np.int32)
         for i in keep[::-1]:  # the best-scoring instance drawn last, on top
             segment_map[instances["masks"][i]] = i
-        return visualize.draw_segmentation(image, segment_map, instances["classes"], names, instances["classes"])
-    return visualize.draw_segmentation(image, prediction["semantic_map"], np.arange(len(names)), names)
+        visible = np.bincount(segment_map.ravel() + 1, minlength=len(instances["classes"]) + 1)[1:]
+        segment_map[(segment_map >= 0) & (visible < INSTANCE_MIN_AREA * segment_map.size)[segment_map]] = -1
+        return visualize.draw_segmentation(image, segment_map, instances["classes"], names, instances["classes"],
+                                           class_colours=colours)
+    return visualize.draw_segmentation(image, prediction["semantic_map"], np.arange(len(names)), names,
+                                       class_colours=colours)
 
 
 def picture_names(paths) -> list[str]:

@@ -1,5 +1,6 @@
 """Pictures of segmentations: the image blended with one colour per segment, white outlines where
-segments meet, and a legend of the classes present to the right.
+segments meet, and a legend of the classes present to the right. Images smaller than
+MIN_PICTURE_SIDE are enlarged by a whole factor (nearest) so that they are legible next to it.
 
 A semantic map is drawn as segment_map = class map, segment_classes = arange(K).
 """
@@ -17,6 +18,7 @@ SHADE_STEP, MAX_SHADE = 0.08, 0.85  # instance n of a thing class: blend towards
 WHITE, TEXT_COLOUR = (255, 255, 255), (0, 0, 0)
 LEGEND_MARGIN, SWATCH_SIZE, SWATCH_TEXT_GAP, LEGEND_ROW_HEIGHT = 6, 14, 6, 20  # pixels
 MIN_LEGEND_WIDTH = 64  # the legend of an empty map
+MIN_PICTURE_SIDE = 384  # smaller images are drawn enlarged 2x, 3x, ... until their long side reaches this
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -85,12 +87,14 @@ def draw_legend(class_ids, class_names, class_colours, height: int) -> np.ndarra
     return np.asarray(panel)
 
 
-def draw_segmentation(image, segment_map, segment_classes, class_names, thing_classes=(), alpha=0.6) -> np.ndarray:
-    """uint8 [max(H, legend height), W + legend width, 3].
+def draw_segmentation(image, segment_map, segment_classes, class_names, thing_classes=(), alpha=0.6,
+                      class_colours=None) -> np.ndarray:
+    """uint8 [max(s H, legend height), s W + legend width, 3], s = the enlargement (1 from MIN_PICTURE_SIDE up).
 
     image: uint8 [H, W, 3]; segment_map: int [H, W] index into segment_classes, -1 unlabelled (left as the
-    image); segment_classes: int [S]; class_names: K names; thing_classes: classes whose segments get shades.
-    out[:H, :W] = round((1 - alpha) * image + alpha * colour), outlines white; the legend lists the classes
+    image); segment_classes: int [S]; class_names: K names; thing_classes: classes whose segments get shades;
+    class_colours: uint8 [K, 3], a dataset's own palette (default: `palette(K)`).
+    out[:sH, :sW] = round((1 - alpha) * image + alpha * colour), outlines white; the legend lists the classes
     present in class order; canvas rows below the image are white.
     """
     image, segment_map = np.asarray(image), np.asarray(segment_map)
@@ -103,7 +107,11 @@ def draw_segmentation(image, segment_map, segment_classes, class_names, thing_cl
         bad = np.unique(segment_map[(segment_map < -1) | (segment_map >= len(segment_classes))])[:10].tolist()
         raise ValueError(f"segment indices {bad} in segment_map are outside the {len(segment_classes)} segment "
                          f"classes (-1 = unlabelled)")
-    class_colours = palette(len(class_names))
+    class_colours = palette(len(class_names)) if class_colours is None else np.asarray(class_colours, np.uint8)
+    scale = -(-MIN_PICTURE_SIDE // max(max(segment_map.shape), 1))
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+        segment_map = segment_map.repeat(scale, 0).repeat(scale, 1)
     colours = segment_colors(segment_classes, thing_classes, class_colours)  # checks classes < len(class_names)
     labelled = segment_map >= 0
     height, width = segment_map.shape

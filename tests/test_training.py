@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -215,3 +216,33 @@ def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environm
     stop_with("terminated", signal.SIGTERM, 3, "--config.checkpoint_every=1", "--config.dataset.num_workers=1")
     # Ctrl-C (SIGINT) saves and exits like SIGTERM.
     stop_with("interrupted", signal.SIGINT, 2, "--config.checkpoint_every=100000")
+
+
+def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(tmp_path, environment, straight_run):
+    files = {path: path.stat().st_mtime_ns for path in straight_run.rglob("*")}
+    command = [sys.executable, str(ROOT / "train.py"), "--workdir", str(straight_run), *TINY_FLAGS,
+               "--config.num_steps=12", "--config.model.num_queries=12"]
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "does not fit this config: 1 array differs: params/query_decoder/query_embed (" in lines[0]
+    assert "stored" in lines[0] and f"--config.init_from={straight_run}" in lines[0], lines[0]
+    assert "init_reinitialize_mismatched" in lines[0]
+    # Evaluating it with another model's config (the demo's: other widths and class count).
+    command = [sys.executable, str(ROOT / "eval.py"), "--config", str(ROOT / "configs/demo.py"),
+               "--workdir", str(straight_run)]
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "does not fit this config" in lines[0], result.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in straight_run.rglob("*")} == files  # nothing written
+
+
+def test_a_resumed_run_with_a_changed_config_keeps_config_json(tmp_path, environment, straight_run):
+    workdir = tmp_path / "copy"
+    shutil.copytree(straight_run, workdir)
+    original = (workdir / "config.json").read_text()
+    output = train(workdir, environment, "--config.num_steps=13", "--config.checkpoint_every=2",
+                   "--config.checkpoints_to_keep=6")
+    assert "resumed from step 12" in output and "differs from config.json in num_steps" in output
+    assert (workdir / "config.json").read_text() == original
+    assert json.loads((workdir / "config_resumed_12.json").read_text())["num_steps"] == 13

@@ -12,6 +12,12 @@ from maskformer_jax.data.sources import ADE20K_CLASS_NAMES
 NAMES = ["sky", "grass", "wall", "water", "disc", "box", "a rather long class name"]
 
 
+@pytest.fixture(autouse=True)
+def drawn_at_their_size(monkeypatch):
+    """The small test images are drawn without enlargement, except where a test says otherwise."""
+    monkeypatch.setattr(visualize, "MIN_PICTURE_SIDE", 1)
+
+
 def is_grey(colours):
     return colours.max(-1) == colours.min(-1)
 
@@ -136,3 +142,34 @@ def test_ade20k_class_names_are_the_150_scene_parsing_classes():
     assert ADE20K_CLASS_NAMES[0] == "wall" and ADE20K_CLASS_NAMES[2] == "sky"
     assert ADE20K_CLASS_NAMES[12] == "person" and ADE20K_CLASS_NAMES[149] == "flag"
     assert all(name == name.strip() and "," not in name for name in ADE20K_CLASS_NAMES)
+
+
+def test_small_images_are_enlarged_by_a_whole_factor_and_drawn_in_the_given_colours(monkeypatch):
+    monkeypatch.setattr(visualize, "MIN_PICTURE_SIDE", 40)
+    image, classes = semantic_example()  # 12 x 16: enlarged 3x to 36 x 48 (long side >= 40)
+    colours = np.array([[10, 200, 10], [0, 0, 0], [200, 10, 10], [10, 10, 200], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                       np.uint8)
+    picture = visualize.draw_segmentation(image, classes, np.arange(7), NAMES, alpha=1.0, class_colours=colours)
+    assert picture.shape[1] > 48 and picture.shape[0] >= 36
+    np.testing.assert_array_equal(picture[:3, :3], np.broadcast_to(colours[0], (3, 3, 3)))  # one pixel, 3x3
+    np.testing.assert_array_equal(picture[35, 47], colours[3])
+    assert (picture[:36, 23] == 255).all() and (picture[:36, 25] != 255).any()  # one-pixel outline at the boundary
+
+
+def test_predict_pictures_leave_out_unlikely_and_tiny_instances():
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    import predict
+    from maskformer_jax.data.metadata import make_metadata
+
+    metadata = make_metadata(NAMES, thing_classes=[4, 5])
+    masks = np.zeros((4, 100, 100), bool)
+    masks[0, :50, :50] = True  # big, likely: drawn
+    masks[1, 60:, 60:] = True  # big, unlikely: left out
+    masks[2, 90:94, 0:4] = True  # 16 pixels (0.16%), likely: left out
+    masks[3, 0:30, 60:90] = True  # likely but not kept by inference: left out
+    instances = {"masks": masks, "classes": np.array([4, 5, 4, 5]), "scores": np.array([0.9, 0.3, 0.95, 0.9]),
+                 "kept": np.array([True, True, True, False])}
+    image = np.zeros((100, 100, 3), np.uint8)
+    picture = predict.picture(image, {"instances": instances}, metadata, "instance")
+    only_first = visualize.draw_segmentation(image, np.where(masks[0], 0, -1), [4], NAMES, [4])
+    np.testing.assert_array_equal(picture, only_first)

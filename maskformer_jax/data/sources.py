@@ -207,6 +207,8 @@ class CocoPanopticSource:
         self.class_names = [c["name"] for c in categories]
         self.thing_classes = [i for i, c in enumerate(categories) if c.get("isthing", 0)]
         self.category_to_class = {c["id"]: i for i, c in enumerate(categories)}
+        if all(len(c.get("color", ())) == 3 for c in categories):  # panopticapi's files give a colour each
+            self.class_colors = [c["color"] for c in categories]
         self.annotations = sorted(annotations, key=lambda a: str(a["image_id"]))
         if not self.annotations:
             raise DataError(f"{annotation_json}: no annotations")

@@ -14,11 +14,13 @@ from PIL import Image
 CLASS_NAMES = ("sky", "grass", "wall", "water", "disc", "box", "triangle")
 THING_CLASSES = (4, 5, 6)
 NUM_CLASSES = len(CLASS_NAMES)
-# Base colours (RGB) of each class; instances and textures vary around them.
+# Base colours (RGB) of each class; instances and textures vary around them. Also the classes' colours
+# in pictures (CLASS_COLORS), so that grass is drawn green and water blue.
 _COLOURS = np.array(
     [[120, 170, 235], [70, 150, 60], [170, 150, 130], [40, 90, 160], [220, 60, 50], [240, 200, 40], [150, 70, 200]],
     np.float32,
 )
+CLASS_COLORS = _COLOURS.astype(np.uint8)
 
 
 def _texture(rng, name, height, width):
