@@ -1,4 +1,4 @@
-"""Shared defaults: MaskFormer R50 on ADE20K-150 semantic (SPEC.md §1, §5, §6).
+"""Shared defaults: MaskFormer R50 on ADE20K-150 semantic (docs/reference.md §1, §5, §6).
 
 Experiment files start from `get_config()` and change what differs. Backbone presets: `resnet(50)`,
 `resnet(101)`, `resnet("101c")`, `swin("tiny" | "small" | "base" | "large")`.
@@ -44,7 +44,7 @@ def swin(size: str) -> ml_collections.ConfigDict:
 
 def use_swin(config: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:
     """Swin backbone with its optimizer recipe: lr 6e-5, weight decay 0.01, no backbone multiplier,
-    1500 linear warmup steps from a factor of 1e-6 (SPEC.md §6)."""
+    1500 linear warmup steps from a factor of 1e-6 (docs/reference.md §6)."""
     config.model.backbone = swin(size)
     config.optimizer.learning_rate = 6e-5
     config.optimizer.weight_decay = 0.01
@@ -68,7 +68,7 @@ def use_crop_640(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """COCO panoptic: 133 classes, DETR-style augmentation, batch 64, 554,400 steps with a x0.1 step at
-    369,600, 10 no-op warmup steps (SPEC.md §5, §6).
+    369,600, 10 no-op warmup steps (docs/reference.md §5, §6).
 
     The reference trains one unpadded image per GPU. Deliberate differences, each for static shapes:
     - images lie on an 800x1344 or 1344x800 canvas; the padding is absent from losses, costs,
@@ -98,7 +98,7 @@ def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.Confi
     config.dataset.min_size_test = 800
     config.dataset.max_size_test = 1333
     # The reference tests COCO one image at a time without padding; padding to 32 instead makes the
-    # sizes fall into buckets that compile once (SPEC.md §4: padding changes the outputs slightly).
+    # sizes fall into buckets that compile once (docs/reference.md §4: padding changes the outputs slightly).
     config.dataset.size_divisibility = 32
     config.inference.task = "panoptic"
     config.batch_size = 64
@@ -181,7 +181,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.num_examples = 0  # evaluate the first this many examples of the split (0: all)
     config.eval.save_predictions = False  # write semantic PNGs / COCO panoptic PNG + JSON to <workdir>/predictions
     # Test-time augmentation (semantic): the short sides below (long side <= tta_max_size), and with
-    # tta_flip each also mirrored; the semantic scores of all views are averaged. SPEC-DETAIL §4.4.
+    # tta_flip each also mirrored; the semantic scores of all views are averaged. docs/reference.md §4.
     config.eval.tta = False
     config.eval.tta_sizes = (256, 384, 512, 640, 768, 896)
     config.eval.tta_max_size = 3584

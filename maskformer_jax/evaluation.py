@@ -1,6 +1,6 @@
 """Evaluating a model on a split: examples → batches of one size → model → inference → metrics.
 
-As the reference (SPEC.md §4): each image is resized by the test mapper and padded to a multiple of
+As the reference (docs/reference.md §4): each image is resized by the test mapper and padded to a multiple of
 `dataset.size_divisibility` above its size (zeros after normalisation), so a batch holds images of
 one padded size and each size compiles once; predictions are cropped and resized back to the
 original size, on a canvas (original size rounded up to `eval.canvas_divisibility`), and scored

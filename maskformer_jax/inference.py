@@ -1,4 +1,4 @@
-"""Turning model outputs into segmentations: semantic, panoptic and instance. SPEC.md §4.
+"""Turning model outputs into segmentations: semantic, panoptic and instance. docs/reference.md §4.
 
 Everything here is jittable with static shapes. Images of a batch differ in size, so sizes travel as
 arrays and results live on a fixed canvas whose pixels outside the image are flagged invalid.
@@ -74,7 +74,7 @@ def canvas_mask(original_sizes, canvas):
 
 def panoptic_inference(class_logits, mask_logits, valid, is_thing, object_mask_threshold: float,
                        overlap_threshold: float):
-    """MaskFormer's panoptic rule (SPEC.md §4): confident queries compete per pixel for score x mask
+    """MaskFormer's panoptic rule (docs/reference.md §4): confident queries compete per pixel for score x mask
     probability; a query keeps its segment if it wins at least `overlap_threshold` of its own mask
     (sigmoid >= 0.5); all segments of one stuff class merge into the first one.
 
@@ -110,7 +110,7 @@ def panoptic_inference(class_logits, mask_logits, valid, is_thing, object_mask_t
 
 
 def instance_inference(class_logits, mask_logits, valid, top_k: int, is_thing=None):
-    """Mask2Former's instance rule (SPEC-DETAIL §4.3): the top-k (query, class) pairs by class
+    """Mask2Former's instance rule (docs/reference.md §4): the top-k (query, class) pairs by class
     probability, mask = logit > 0, score = probability x mean mask probability inside the mask.
 
     class_logits [B, Q, K+1]; mask_logits [B, Q, H, W]; valid bool [B, H, W]; is_thing bool [K] or

@@ -1,5 +1,5 @@
 """The MaskFormer set loss as pure functions: matching, class cross-entropy and mask losses on the
-matched pairs, for every decoder layer (deep supervision, equal weights). SPEC.md §2.
+matched pairs, for every decoder layer (deep supervision, equal weights). docs/reference.md §2.
 
 Targets follow the batch contract: `segments [B, H, W] int32` (target index per pixel, -1 for ignore,
 crowd and padding) and `labels [B, T] int32` (class per target slot, -1 for padding). Ignore pixels

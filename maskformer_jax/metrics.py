@@ -1,4 +1,4 @@
-"""Segmentation metrics as the reference computes them (SPEC.md §7), as sums that stream over batches
+"""Segmentation metrics as the reference computes them (docs/reference.md §7), as sums that stream over batches
 and add up across processes: a confusion matrix for the mIoU family (detectron2's SemSegEvaluator)
 and per-class (TP, FP, FN, ΣIoU) for the PQ family (COCO panopticapi's pq_compute).
 

@@ -13,7 +13,7 @@ from maskformer_jax.summary import abstract_variables, forward_flops, format_sum
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
 PAPER_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem.startswith(("ade20k_", "coco_")))
 
-# (exact count from the official module shapes, SPEC-DETAIL §1.7, in millions; paper's rounded count)
+# (exact count from the official module shapes, docs/reference.md §8, in millions; paper's rounded count)
 PARAMETERS = {
     "ade20k_r50": (41.3, 41),
     "ade20k_r101": (60.3, 60),

@@ -1,4 +1,4 @@
-"""Inference on hand-built logits: maps computed by hand from SPEC.md §4's rules."""
+"""Inference on hand-built logits: maps computed by hand from docs/reference.md §4's rules."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -175,7 +175,7 @@ ADE20K_SPLITS = {"train": "training", "validation": "validation"}
 def ade20k_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
     """ADE20K-150 in its released layout: root/ADEChallengeData2016/{images,annotations}/{training,validation}.
 
-    Label 0 ("other") is ignore and 1..150 become classes 0..149 (SPEC.md §5).
+    Label 0 ("other") is ignore and 1..150 become classes 0..149 (docs/reference.md §5).
     """
     folder = pathlib.Path(root) / "ADEChallengeData2016"
     if split not in ADE20K_SPLITS:

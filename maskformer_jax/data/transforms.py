@@ -4,7 +4,7 @@ All randomness comes from the `np.random.Generator` passed in (grain derives it 
 and the example's position; the DETR recipe's from (seed, epoch) in `plan_detr`), so every epoch and
 every example is reproducible. Each transform takes and returns an example dict with `image uint8
 [H, W, 3]` and `segments int32 [H, W]` (-1 void), plus whatever else it carries unchanged; `pad`
-adds `valid bool [H, W]` (False on padding), which the others carry along if it is there. SPEC.md §5.
+adds `valid bool [H, W]` (False on padding), which the others carry along if it is there. docs/reference.md §5.
 """
 
 from typing import Sequence

@@ -49,7 +49,7 @@ class MaskEmbedding(nn.Module):
 
 
 class MaskFormer(nn.Module):
-    """Images [B, H, W, 3] float32, normalised with SPEC's mean/std, H and W multiples of 32, and
+    """Images [B, H, W, 3] float32, normalised with the reference's mean/std (docs/reference.md §1), H and W multiples of 32, and
     optionally valid bool [B, H, W] (True on image pixels; padding, at the bottom and right, then
     gets no attention and no share of the position encoding) → dict of
     class_logits [L, B, Q, K+1] float32 (index K = "no object"),

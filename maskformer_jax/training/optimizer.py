@@ -1,4 +1,4 @@
-"""AdamW with the reference's schedules, backbone multiplier, decay masks and clipping. SPEC.md §6.
+"""AdamW with the reference's schedules, backbone multiplier, decay masks and clipping. docs/reference.md §6.
 
 - Schedules: "poly" lr = base * warmup(t) * (1 - t / T)^power; "step" lr = base * warmup(t) *
   factor^(number of decay steps passed); warmup(t) = f + (1 - f) * t / W for t < W, else 1.

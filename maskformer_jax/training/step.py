@@ -14,7 +14,7 @@ from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.training.optimizer import learning_rate_schedule
 from maskformer_jax.training.state import TrainState
 
-PIXEL_MEAN = (123.675, 116.280, 103.530)  # SPEC.md §1, RGB on a 0-255 scale
+PIXEL_MEAN = (123.675, 116.280, 103.530)  # docs/reference.md §1, RGB on a 0-255 scale
 PIXEL_STD = (58.395, 57.120, 57.375)
 
 
