@@ -12,7 +12,7 @@ panopticapi's pq_compute reads.
 import pathlib
 
 import jax
-from absl import flags, logging
+from absl import flags
 
 from maskformer_jax import cli
 from maskformer_jax.errors import ConfigError
@@ -60,7 +60,6 @@ def evaluate_checkpoint(config, workdir, checkpoint=None) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
-    logging.set_verbosity(logging.WARNING)
     if FLAGS.distributed:
         jax.distributed.initialize()
     evaluate_checkpoint(_CONFIG.value, FLAGS.workdir, FLAGS.checkpoint)

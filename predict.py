@@ -14,7 +14,7 @@ import collections
 import pathlib
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from maskformer_jax import cli, visualize
 from maskformer_jax.data.metadata import dataset_metadata
@@ -95,7 +95,6 @@ def predict_files(config, checkpoint, inputs, output) -> list[pathlib.Path]:
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
     if len(argv) < 2:
         raise ConfigError("no images: give image files or folders after the flags")
     predict_files(_CONFIG.value, FLAGS.checkpoint, argv[1:], FLAGS.output)

@@ -16,7 +16,7 @@ import time
 
 import jax
 import ml_collections
-from absl import flags, logging
+from absl import flags
 
 from maskformer_jax import cli
 from maskformer_jax.errors import ConfigError
@@ -235,7 +235,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
-    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.distributed:

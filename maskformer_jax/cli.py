@@ -13,7 +13,7 @@ import sys
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maskformer_jax.errors import ConfigError, DataError
@@ -102,7 +102,7 @@ def define_config_flag(default: str | None = None) -> flags.FlagHolder:
 
 def run(main):
     """absl's app.run with one-line errors: bad flags and USER_ERRORS from `main` print
-    `error: ...` and exit with status 2 (--verbose: the traceback)."""
+    `error: ...` and exit with status 2 (--verbose: the traceback). Logs below WARNING are off."""
     flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of its one-line message.")
 
     def parse(argv):
@@ -112,6 +112,7 @@ def run(main):
             fail(error)
 
     def guarded(argv):
+        logging.set_verbosity(logging.WARNING)  # orbax and grain log every save, jax every backend probe, at INFO
         try:
             return main(argv)
         except USER_ERRORS as error:

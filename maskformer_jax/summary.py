@@ -12,9 +12,9 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from maskformer_jax import cli
 from maskformer_jax.models import build_model
 
 def abstract_variables(model_config: ml_collections.ConfigDict):
@@ -64,11 +64,11 @@ def format_summary(config: ml_collections.ConfigDict, depth: int = 1, batch_size
 
 def main():
     # Flags are defined here, not at import, so that importing this module defines none.
-    config = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+    config = cli.define_config_flag()
     depth = flags.DEFINE_integer("depth", 1, "Module nesting depth of the per-module parameter table.")
     batch = flags.DEFINE_integer("batch_size", 1, "Batch size of the forward pass whose FLOPs are counted.")
     flags.mark_flag_as_required("config")
-    app.run(lambda argv: print(format_summary(config.value, depth.value, batch.value)))
+    cli.run(lambda argv: print(format_summary(config.value, depth.value, batch.value)))
 
 
 if __name__ == "__main__":

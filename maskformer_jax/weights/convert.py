@@ -113,13 +113,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import flags
 
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "The config whose model the weights are for.")
+    from maskformer_jax import cli
+
+    _CONFIG = cli.define_config_flag()
     flags.DEFINE_enum("source", None, SOURCES, "Format of --input.")
     flags.DEFINE_string("input", None, "The weight file.")
     flags.DEFINE_string("output", None, "Folder to write the checkpoint to.")
     flags.DEFINE_integer("seed", 0, "Seed of the freshly initialised parts (ImageNet sources).")
     flags.mark_flags_as_required(["config", "source", "input", "output"])
-    app.run(main)
+    cli.run(main)
