@@ -117,21 +117,12 @@ def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, step:
     text = config.to_json_best_effort(indent=2)
     path = workdir / "config.json"
     if step > 0 and path.exists() and path.read_text() != text:
-        old = json.loads(path.read_text())
-        new = json.loads(text)
-        changed = sorted(key for key in set(_flat(old)) | set(_flat(new)) if _flat(old).get(key) != _flat(new).get(key))
+        old, new = cli.flatten(json.loads(path.read_text())), cli.flatten(json.loads(text))
+        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         path = workdir / f"config_resumed_{step}.json"
         log(f"the config differs from config.json in {', '.join(changed)}; config.json is kept, this run's "
             f"config is written to {path.name}")
     write_text(path, text)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"a.b": value} of a nested dict."""
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return flat
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:

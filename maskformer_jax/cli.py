@@ -50,15 +50,13 @@ def _config_arguments(argv):
     return path, keys
 
 
-def config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    """Dotted names of every leaf of a config: what --config.<key>=<value> can set."""
-    keys = []
+def flatten(config, prefix: str = "") -> dict:
+    """{"a.b": value} of every leaf of a config (or its JSON dict): the keys --config.<key>=<value> sets."""
+    flat = {}
     for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            keys += config_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix + key)
-    return keys
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, (dict, ml_collections.ConfigDict))
+                    else {prefix + key: value})
+    return flat
 
 
 def _load_config(path: str, given: bool) -> ml_collections.ConfigDict:
@@ -84,7 +82,7 @@ def define_config_flag(default: str | None = None) -> flags.FlagHolder:
     path, keys = _config_arguments(sys.argv[1:])
     try:
         if path is not None or default is not None:
-            known = config_keys(_load_config(path or default, given=path is not None))
+            known = list(flatten(_load_config(path or default, given=path is not None)))
             for key in keys:
                 if key not in known:
                     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)

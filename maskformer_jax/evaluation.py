@@ -73,7 +73,7 @@ class Predictor:
         self.num_classes = config.model.num_classes
         if len(metadata.class_names) != self.num_classes:
             raise ConfigError(f"the {config.dataset.name!r} data has {len(metadata.class_names)} classes but "
-                             f"config.model.num_classes is {self.num_classes}")
+                              f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
         self.padding_absent = transforms.padding_absent(config.dataset)
         self.mesh = make_mesh(jax.local_devices())

@@ -126,8 +126,8 @@ def test_eval_and_predict_mistakes(tmp_path):
 
 def test_config_keys_and_check_config_in_process():
     config = tiny.get_config()
-    keys = cli.config_keys(config)
-    assert "batch_size" in keys and "model.backbone.depths" in keys and "loss.weights.focal" in keys
+    keys = cli.flatten(config)
+    assert keys["batch_size"] == 2 and "model.backbone.depths" in keys and "loss.weights.focal" in keys
     config.dataset.name = "imagenet"
     with pytest.raises(ConfigError, match="config.dataset.name must be one of"):
         cli.check_config(config, training=False)

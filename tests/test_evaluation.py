@@ -156,9 +156,12 @@ def test_sliding_window_averages_the_windows(checkpoint):
     np.testing.assert_allclose(scores[0], total / count, atol=1e-5)
 
 
-def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path):
+def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path, monkeypatch):
     import predict
 
+    from maskformer_jax import visualize
+
+    monkeypatch.setattr(visualize, "MIN_PICTURE_SIDE", 1)  # drawn at the image size, pixel for pixel
     workdir, variables = checkpoint
     config = tiny.get_config()
     images = [np.random.default_rng(0).integers(0, 255, size=(72, 100, 3), dtype=np.uint8),
@@ -177,9 +180,7 @@ def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path):
     from maskformer_jax.data.metadata import dataset_metadata
 
     predictor = Predictor(config, model, dataset_metadata(config.dataset))
-    from maskformer_jax import visualize
-
-    palette = visualize.palette(7)
+    palette = dataset_metadata(config.dataset).colors  # the synthetic scenes' own colours
     for image, path in zip(images, written):
         picture = np.asarray(Image.open(path))
         height, width = image.shape[:2]
