@@ -40,7 +40,7 @@ def get_config():
     config.optimizer.warmup_steps = 100
     config.optimizer.warmup_factor = 0.01
     config.batch_size = 8
-    config.num_steps = 5000
+    config.num_steps = 3000
     config.log_every = 100
     config.checkpoint_every = 500
     config.eval_every = 1000
