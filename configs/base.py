@@ -66,6 +66,58 @@ def use_crop_640(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return config
 
 
+# The semantic benchmarks' recipes (the official configs/<dataset>/Base-*.yaml; docs/reference.md §5, §8):
+# classes and ignore value, crop (H, W), training short sides of 0.5x..max_scale x train_short_side (long
+# side <= max_size_train), test size, batch, iterations and the multi-scale test sizes of TEST.AUG.
+SEMANTIC_BENCHMARKS = {
+    "coco_stuff_10k": dict(num_classes=171, ignore_label=255, crop=(640, 640), train_short_side=640, max_scale=1.5,
+                           max_size_train=2560, min_size_test=640, max_size_test=2560, batch_size=32,
+                           num_steps=60_000, tta_sizes=(320, 480, 640, 800, 960, 1120), tta_max_size=4480),
+    "ade20k_full": dict(num_classes=847, ignore_label=65535, crop=(512, 512), train_short_side=512, max_scale=2.0,
+                        max_size_train=2048, min_size_test=512, max_size_test=2048, batch_size=16,
+                        num_steps=200_000, tta_sizes=(256, 384, 512, 640, 768, 896), tta_max_size=3584),
+    "cityscapes": dict(num_classes=19, ignore_label=255, crop=(512, 1024), train_short_side=1024, max_scale=2.0,
+                       max_size_train=4096, min_size_test=1024, max_size_test=2048, batch_size=16, num_steps=90_000,
+                       tta_sizes=(512, 768, 1024, 1280, 1536, 1792), tta_max_size=4096),
+    "mapillary_vistas": dict(num_classes=65, ignore_label=65, crop=(1280, 1280), train_short_side=2048, max_scale=2.0,
+                             max_size_train=8192, min_size_test=2048, max_size_test=2048, batch_size=16,
+                             num_steps=300_000, tta_sizes=(), tta_max_size=8192),  # no official TEST.AUG
+}
+
+
+def use_semantic_benchmark(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """One of SEMANTIC_BENCHMARKS with its official recipe (the ADE20K optimizer and schedule otherwise)."""
+    recipe = SEMANTIC_BENCHMARKS[name]
+    config.dataset.name = name
+    config.model.num_classes = recipe["num_classes"]
+    config.dataset.ignore_label = recipe["ignore_label"]
+    config.dataset.image_size = recipe["crop"]
+    steps = range(5, round(recipe["max_scale"] * 10) + 1)  # the reference's int(x * 0.1 * size), x = 5..
+    config.dataset.min_size_train = tuple(int(x * 0.1 * recipe["train_short_side"]) for x in steps)
+    config.dataset.max_size_train = recipe["max_size_train"]
+    config.dataset.min_size_test = recipe["min_size_test"]
+    config.dataset.max_size_test = recipe["max_size_test"]
+    config.batch_size = recipe["batch_size"]
+    config.num_steps = recipe["num_steps"]
+    config.eval.tta_sizes = recipe["tta_sizes"]
+    config.eval.tta_max_size = recipe["tta_max_size"]
+    return config
+
+
+def use_ade20k_panoptic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ADE20K panoptic (150 classes: 100 things, 50 stuff): the 640 crop recipe of ADE20K-150 with a
+    target per segment (the reference's mask_former_panoptic mapper), 720k iterations, panoptic
+    inference with an object threshold of 0.7."""
+    use_crop_640(config)
+    config.dataset.name = "ade20k_panoptic"
+    config.dataset.target_mode = "panoptic"
+    config.inference.task = "panoptic"
+    config.inference.object_mask_threshold = 0.7
+    config.inference.overlap_threshold = 0.8
+    config.num_steps = 720_000
+    return config
+
+
 def use_coco_panoptic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """COCO panoptic: 133 classes, DETR-style augmentation, batch 64, 554,400 steps with a x0.1 step at
     369,600, 10 no-op warmup steps (docs/reference.md §5, §6).

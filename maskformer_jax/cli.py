@@ -24,6 +24,11 @@ DATASET_ROOTS = {
     "ade20k": "the folder that holds ADEChallengeData2016/",
     "coco_panoptic": "the COCO folder with train2017/, val2017/ and annotations/",
     "semantic_folder": "the folder with images/, labels/ and classes.txt (docs/own_data.md)",
+    "coco_stuff_10k": "the coco_stuff_10k folder with images_detectron2/ and annotations_detectron2/",
+    "ade20k_full": "the ADE20K_2021_17_01 folder with images_detectron2/ and annotations_detectron2/",
+    "cityscapes": "the cityscapes folder with leftImg8bit/ and gtFine/",
+    "mapillary_vistas": "the mapillary_vistas folder with training/ and validation/",
+    "ade20k_panoptic": "the folder that holds ADEChallengeData2016/ with ade20k_panoptic_{train,val}",
 }
 
 

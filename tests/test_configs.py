@@ -11,7 +11,8 @@ from maskformer_jax.models import build_model
 from maskformer_jax.summary import abstract_variables, forward_flops, format_summary, parameter_counts
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
-PAPER_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem.startswith(("ade20k_", "coco_")))
+PAPER_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
+                       if p.stem.startswith(("ade20k_", "coco_", "cityscapes_", "mapillary_")))
 
 # (exact count from the official module shapes, docs/reference.md §8, in millions; paper's rounded count)
 PARAMETERS = {
@@ -28,7 +29,23 @@ PARAMETERS = {
     "coco_panoptic_swin_s": (None, 63),
     "coco_panoptic_swin_b": (None, 102),
     "coco_panoptic_swin_l": (None, 212),
+    # The other benchmarks: the ADE20K-150 model of the same backbone with a class head Linear(256, K + 1),
+    # i.e. (K - 150) x 257 parameters more (the paper gives no counts).
+    "coco_stuff_r50": (41.31, None),
+    "coco_stuff_r101": (60.31, None),
+    "ade20k_full_r50": (41.49, None),
+    "ade20k_full_r101c": (60.60, None),
+    "cityscapes_r101": (60.27, None),
+    "cityscapes_r101c": (60.39, None),
+    "mapillary_r50": (41.29, None),
+    "ade20k_panoptic_r50": (45.07, None),
+    "ade20k_panoptic_r101": (64.06, None),
 }
+
+SAME_MODEL = {"coco_stuff_r50": "ade20k_r50", "coco_stuff_r101": "ade20k_r101", "ade20k_full_r50": "ade20k_r50",
+              "ade20k_full_r101c": "ade20k_r101c", "cityscapes_r101": "ade20k_r101", "cityscapes_r101c": "ade20k_r101c",
+              "mapillary_r50": "ade20k_r50", "ade20k_panoptic_r50": "coco_panoptic_r50",
+              "ade20k_panoptic_r101": "coco_panoptic_r101"}
 
 
 def load(name):
@@ -46,6 +63,10 @@ def test_full_config_parameter_count_matches_paper(name):
     exact, paper = PARAMETERS[name]
     if exact is not None:
         assert abs(total / 1e6 - exact) < 0.05, total
+    if name in SAME_MODEL:  # the same model but for the class count: only the class head differs
+        reference = load(SAME_MODEL[name])
+        difference = total - sum(parameter_counts(abstract_variables(reference.model)).values())
+        assert difference == (config.model.num_classes - reference.model.num_classes) * 257
     if paper is not None:
         assert abs(total / 1e6 - paper) / paper < 0.02, total
 

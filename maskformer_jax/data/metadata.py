@@ -5,7 +5,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from maskformer_jax.data import sources, synthetic
+from maskformer_jax.data import classes, sources, synthetic
 
 # COCO 2017 panoptic categories as in panopticapi's panoptic_coco_categories.json:
 
@@ -218,6 +218,20 @@ def dataset_metadata(dataset: ml_collections.ConfigDict, source=None) -> Metadat
         return make_metadata(sources.ADE20K_CLASS_NAMES, colors=ADE20K_COLORS)
     if dataset.name == "semantic_folder":
         return make_metadata(sources.read_class_names(dataset.root))
+    if dataset.name == "ade20k_panoptic":
+        return make_metadata(sources.ADE20K_CLASS_NAMES, classes.ADE20K_PANOPTIC_THING_CLASSES, colors=ADE20K_COLORS)
+    if dataset.name == "coco_stuff_10k":
+        ids, names = zip(*classes.COCO_STUFF_10K_CATEGORIES)
+        return make_metadata(names, range(80), ids)
+    if dataset.name == "ade20k_full":
+        ids, names = zip(*classes.ADE20K_FULL_CATEGORIES)
+        return make_metadata(names, category_ids=ids)
+    if dataset.name == "cityscapes":
+        names, ids, things, colors = zip(*classes.CITYSCAPES_CATEGORIES)
+        return make_metadata(names, [k for k, thing in enumerate(things) if thing], ids, colors)
+    if dataset.name == "mapillary_vistas":
+        _, names, things, colors = zip(*classes.MAPILLARY_VISTAS_CATEGORIES)
+        return make_metadata(names, [k for k, thing in enumerate(things) if thing], colors=colors)
     if dataset.name == "coco_panoptic":
         ids, names, things, colors = zip(*COCO_PANOPTIC_CATEGORIES)
         return make_metadata(names, [k for k, thing in enumerate(things) if thing], ids, colors)

@@ -29,7 +29,11 @@ TRAIN_KEYS = BATCH_KEYS + ("image_id",)
 EVAL_KEYS = ("views", "segments", "classes", "iscrowd", "image_id", "height", "width")
 
 
-DATASETS = ("synthetic", "ade20k", "coco_panoptic", "semantic_folder", "tfds")
+DATASETS = ("synthetic", "ade20k", "coco_panoptic", "semantic_folder", "tfds", "coco_stuff_10k", "ade20k_full",
+            "cityscapes", "mapillary_vistas", "ade20k_panoptic")
+# The released benchmarks read from their official layouts: config.dataset.name → sources.<function>(root, split, strict).
+BENCHMARK_SOURCES = {"coco_stuff_10k": sources.coco_stuff_10k_source, "ade20k_full": sources.ade20k_full_source,
+                     "cityscapes": sources.cityscapes_source, "mapillary_vistas": sources.mapillary_vistas_source}
 
 
 def build_source(dataset: ml_collections.ConfigDict, split: str, strict: bool = True):
@@ -43,6 +47,10 @@ def build_source(dataset: ml_collections.ConfigDict, split: str, strict: bool = 
         return sources.ade20k_source(dataset.root, split, strict)
     if name == "coco_panoptic":
         return sources.coco_panoptic_source(dataset.root, "train" if split == "train" else "val")
+    if name == "ade20k_panoptic":
+        return sources.ade20k_panoptic_source(dataset.root, split)
+    if name in BENCHMARK_SOURCES:
+        return BENCHMARK_SOURCES[name](dataset.root, split, strict)
     if name == "tfds":
         from maskformer_jax.data.tfds_builders import TfdsSource  # TFDS is imported only when used
 

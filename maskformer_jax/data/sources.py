@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from maskformer_jax.data import classes
 from maskformer_jax.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -68,13 +69,16 @@ def _check_same_size(image, label, image_path, label_path):
         )
 
 
-def _paired_files(image_dir: pathlib.Path, label_dir: pathlib.Path, label_suffix=".png"):
+def _paired_files(image_dir: pathlib.Path, label_dir: pathlib.Path, label_suffix=".png", image_tag="", label_tag=""):
+    """The images under image_dir (sub-folders included, as Cityscapes' cities), sorted, and each one's
+    label: the same sub-folder of label_dir, the stem with `image_tag` replaced by `label_tag`, `label_suffix`."""
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: image folder not found")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(image_tag))
     if not images:
         raise DataError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    labels = [label_dir / (p.stem + label_suffix) for p in images]
+    labels = [label_dir / p.parent.relative_to(image_dir) / (p.stem.removesuffix(image_tag) + label_tag + label_suffix)
+              for p in images]
     return images, labels
 
 
@@ -93,8 +97,10 @@ def read_class_names(root) -> list[str]:
 class SemanticFolderSource:
     """Images and single-channel label PNGs with the same stem, and a file of class names.
 
-    root/images/<split>/*.jpg|png, root/labels/<split>/*.png, root/classes.txt (one name per line).
-    Label values are class ids 0..K-1; `ignore_label` is ignore; `reduce_zero_label` maps 0 to ignore
+    root/images/<split>/*.jpg|png, root/labels/<split>/*.png, root/classes.txt (one name per line); the
+    released benchmarks name the folders (`image_dir`, `label_dir`), nest images in sub-folders, tag
+    the stems (Cityscapes' `_leftImg8bit` → `_gtFine_labelTrainIds`) or store 16-bit TIFF labels
+    (`label_suffix`) in their own ways. Label values are class ids 0..K-1; `ignore_label` is ignore; `reduce_zero_label` maps 0 to ignore
     and v to v - 1 first (ADE20K's convention). Any other value is an error naming the file. Images
     without a label are an error at construction, or with `strict=False` (data.check, which lists
     them) when read.
@@ -102,12 +108,13 @@ class SemanticFolderSource:
 
     def __init__(self, root, split: str, ignore_label: int = 255, reduce_zero_label: bool = False,
                  image_dir: str = "images", label_dir: str = "labels", class_names: Sequence[str] | None = None,
-                 strict: bool = True):
+                 strict: bool = True, label_suffix: str = ".png", image_tag: str = "", label_tag: str = ""):
         root = pathlib.Path(root)
         self.class_names = list(read_class_names(root) if class_names is None else class_names)
         self.ignore_label = ignore_label
         self.reduce_zero_label = reduce_zero_label
-        self.images, self.labels = _paired_files(root / image_dir / split, root / label_dir / split)
+        self.images, self.labels = _paired_files(root / image_dir / split, root / label_dir / split, label_suffix,
+                                                 image_tag, label_tag)
         self.missing_labels = [path for path in self.labels if not path.is_file()]
         if self.missing_labels and strict:
             raise DataError(f"{len(self.missing_labels)} label files missing, e.g. {self.missing_labels[0]} "
@@ -184,6 +191,63 @@ def ade20k_source(root, split: str, strict: bool = True) -> SemanticFolderSource
         folder, ADE20K_SPLITS[split], ignore_label=255, reduce_zero_label=True, image_dir="images",
         label_dir="annotations", class_names=ADE20K_CLASS_NAMES, strict=strict,
     )
+
+
+def _split_folder(dataset: str, split: str, folders: dict) -> str:
+    if split not in folders:
+        raise DataError(f"{dataset} split must be one of {sorted(folders)}, got {split!r}")
+    return folders[split]
+
+
+def coco_stuff_10k_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
+    """COCO-Stuff-10K as the reference's prepare_coco_stuff_10k_v1.0_sem_seg.py writes it:
+    root/{images,annotations}_detectron2/{train,test}/ (the test split is the validation split), JPEG
+    images and PNG labels with classes 0..170 and 255 for ignore."""
+    return SemanticFolderSource(
+        root, _split_folder("COCO-Stuff-10K", split, {"train": "train", "validation": "test"}),
+        image_dir="images_detectron2", label_dir="annotations_detectron2",
+        class_names=[name for _, name in classes.COCO_STUFF_10K_CATEGORIES], strict=strict,
+    )
+
+
+def ade20k_full_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
+    """ADE20K-Full (847 classes) as the reference's prepare_ade20k_full_sem_seg.py writes it from the
+    ADE20K_2021_17_01 release: root/{images,annotations}_detectron2/{training,validation}/, JPEG images
+    and 16-bit TIFF labels with classes 0..846 and 65535 for ignore (config.dataset.ignore_label)."""
+    return SemanticFolderSource(
+        root, _split_folder("ADE20K-Full", split, ADE20K_SPLITS), ignore_label=65535, image_dir="images_detectron2",
+        label_dir="annotations_detectron2", class_names=[name for _, name in classes.ADE20K_FULL_CATEGORIES],
+        strict=strict, label_suffix=".tif",
+    )
+
+
+def cityscapes_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
+    """Cityscapes (19 classes) in its released layout after cityscapesscripts' createTrainIdLabelImgs:
+    root/leftImg8bit/<split>/<city>/*_leftImg8bit.png and root/gtFine/<split>/<city>/
+    *_gtFine_labelTrainIds.png (trainIds 0..18, 255 for ignore)."""
+    return SemanticFolderSource(
+        root, _split_folder("Cityscapes", split, {"train": "train", "validation": "val"}), image_dir="leftImg8bit",
+        label_dir="gtFine", class_names=[name for name, *_ in classes.CITYSCAPES_CATEGORIES], strict=strict,
+        image_tag="_leftImg8bit", label_tag="_gtFine_labelTrainIds",
+    )
+
+
+def mapillary_vistas_source(root, split: str, strict: bool = True) -> SemanticFolderSource:
+    """Mapillary Vistas v1.2 in its released layout: root/{training,validation}/{images,labels}/, JPEG
+    images and PNG labels with classes 0..64 and 65 ("void--unlabeled") for ignore."""
+    return SemanticFolderSource(
+        pathlib.Path(root) / _split_folder("Mapillary Vistas", split, ADE20K_SPLITS), "", ignore_label=65,
+        class_names=[readable for _, readable, *_ in classes.MAPILLARY_VISTAS_CATEGORIES], strict=strict,
+    )
+
+
+def ade20k_panoptic_source(root, split: str) -> "CocoPanopticSource":
+    """ADE20K panoptic as the reference's prepare_ade20k_pan_seg.py writes it into root/ADEChallengeData2016/:
+    ade20k_panoptic_{train,val}.json, the PNG folders beside them, and the images of images/{training,validation}."""
+    folder = pathlib.Path(root) / "ADEChallengeData2016"
+    short = _split_folder("ADE20K panoptic", split, {"train": "train", "validation": "val"})
+    return CocoPanopticSource(folder / "images" / ADE20K_SPLITS[split], folder / f"ade20k_panoptic_{short}.json",
+                              folder / f"ade20k_panoptic_{short}")
 
 
 class CocoPanopticSource:

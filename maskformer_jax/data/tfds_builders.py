@@ -10,7 +10,6 @@ Images are stored as their original encoded bytes; label maps as PNG.
 """
 
 import io
-import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -28,34 +27,84 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Ade20kSemantic(tfds.core.GeneratorBasedBuilder):
-    """ADEChallengeData2016 (150 classes): label PNGs store classes 0..149 and 255 for ignore."""
+class _Semantic(tfds.core.GeneratorBasedBuilder):
+    """A semantic benchmark: the image's encoded bytes and its label map as PNG (classes 0..K-1 and the
+    dataset's ignore value, which config.dataset.ignore_label names)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ as the source folder."
+    LABEL_DTYPE, IGNORE = np.uint8, 255  # ADE20K-Full: 16-bit labels, 65535
 
     def _info(self):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.Image(shape=(None, None, 1)),
+                "label": tfds.features.Image(shape=(None, None, 1), dtype=self.LABEL_DTYPE),
                 "image_id": tfds.features.Text(),
             })
         )
 
+    def _source(self, root, split):
+        raise NotImplementedError
+
     def _split_generators(self, dl_manager):
-        root = dl_manager.manual_dir
-        return {split: self._generate_examples(sources.ade20k_source(root, split)) for split in ("train", "validation")}
+        return {split: self._generate_examples(self._source(dl_manager.manual_dir, split)) for split in ("train", "validation")}
 
     def _generate_examples(self, source):
         for index in range(len(source)):
             example = source[index]  # decodes and checks the files
-            label = np.where(example["segments"] < 0, 255, example["segments"]).astype(np.uint8)
+            label = np.where(example["segments"] < 0, self.IGNORE, example["segments"]).astype(self.LABEL_DTYPE)
             yield example["image_id"], {
                 "image": str(source.images[index]),
                 "label": _png(label),
                 "image_id": example["image_id"],
             }
+
+
+class Ade20kSemantic(_Semantic):
+    """ADEChallengeData2016 (150 classes): label PNGs store classes 0..149 and 255 for ignore."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ as the source folder."
+
+    def _source(self, root, split):
+        return sources.ade20k_source(root, split)
+
+
+class CocoStuff10k(_Semantic):
+    """COCO-Stuff-10K (171 classes; its test split as validation)."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the coco_stuff_10k folder that prepare_coco_stuff_10k_v1.0_sem_seg.py wrote."
+
+    def _source(self, root, split):
+        return sources.coco_stuff_10k_source(root, split)
+
+
+class Ade20kFull(_Semantic):
+    """ADE20K-Full (847 classes; 16-bit labels, 65535 for ignore)."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the ADE20K_2021_17_01 folder that prepare_ade20k_full_sem_seg.py wrote into."
+    LABEL_DTYPE, IGNORE = np.uint16, 65535
+
+    def _source(self, root, split):
+        return sources.ade20k_full_source(root, split)
+
+
+class Cityscapes(_Semantic):
+    """Cityscapes fine (19 classes, trainId labels)."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the cityscapes folder with leftImg8bit/ and gtFine/ (*_labelTrainIds.png)."
+
+    def _source(self, root, split):
+        return sources.cityscapes_source(root, split)
+
+
+class MapillaryVistas(_Semantic):
+    """Mapillary Vistas v1.2 (65 classes; 65 for ignore, as the released labels)."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the mapillary_vistas folder with training/ and validation/."
+    IGNORE = 65
+
+    def _source(self, root, split):
+        return sources.mapillary_vistas_source(root, split)
 
 
 class _Panoptic(tfds.core.GeneratorBasedBuilder):
@@ -108,16 +157,12 @@ class Ade20kPanoptic(_Panoptic):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ with ade20k_panoptic_{train,val}."
 
     def _sources(self, root):
-        folder = pathlib.Path(root) / "ADEChallengeData2016"
-        return {
-            split: sources.CocoPanopticSource(
-                folder / "images" / directory, folder / f"ade20k_panoptic_{short}.json", folder / f"ade20k_panoptic_{short}"
-            )
-            for split, directory, short in (("train", "training", "train"), ("validation", "validation", "val"))
-        }
+        return {split: sources.ade20k_panoptic_source(root, split) for split in ("train", "validation")}
 
 
-BUILDERS = {"ade20k_semantic": Ade20kSemantic, "coco_panoptic": CocoPanoptic, "ade20k_panoptic": Ade20kPanoptic}
+BUILDERS = {"ade20k_semantic": Ade20kSemantic, "coco_panoptic": CocoPanoptic, "ade20k_panoptic": Ade20kPanoptic,
+            "coco_stuff_10k": CocoStuff10k, "ade20k_full": Ade20kFull, "cityscapes": Cityscapes,
+            "mapillary_vistas": MapillaryVistas}
 
 
 class TfdsSource:
