@@ -63,3 +63,25 @@ def test_ade20k_panoptic_builder_reads_the_reference_layout(tmp_path):
     prepare("ade20k_panoptic", tmp_path, tmp_path / "tfds")
     stored = TfdsSource("ade20k_panoptic", "train", tmp_path / "tfds")
     assert_same_targets(stored[0], coco_panoptic_source(coco, "val")[0], "panoptic")
+
+
+def test_benchmark_builders_round_trip_16_bit_labels_and_their_ignore_values(tmp_path):
+    from tests.test_benchmark_datasets import WRITERS
+    from configs import base
+
+    for name in ("ade20k_full", "mapillary_vistas", "cityscapes"):
+        root = tmp_path / name
+        write = WRITERS[name][0]
+        write(root, "train")
+        write(root, "validation")
+        prepare(name, root, tmp_path / "tfds")
+        ignore = base.SEMANTIC_BENCHMARKS[name]["ignore_label"]
+        config = tiny.get_config()
+        config.dataset.update(name=name, root=str(root), ignore_label=ignore)
+        files = build_source(config.dataset, "validation")
+        stored = TfdsSource(name, "validation", tmp_path / "tfds", ignore_label=ignore)
+        by_id = {stored[i]["image_id"]: stored[i] for i in range(len(stored))}
+        assert len(by_id) == len(files) == 2
+        for i in range(len(files)):
+            np.testing.assert_array_equal(by_id[files[i]["image_id"]]["segments"], files[i]["segments"])
+            np.testing.assert_array_equal(by_id[files[i]["image_id"]]["image"], files[i]["image"])
