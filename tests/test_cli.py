@@ -53,7 +53,7 @@ def write_folder_dataset(root, class_names=("road", "car", "tree"), labels=None)
 @pytest.mark.parametrize("flags, fragments", [
     (["--config.batchsize=4"], ["--config.batchsize: no such config key", "did you mean --config.batch_size"]),
     (["--config.model.numqueries=30"], ["did you mean --config.model.num_queries"]),
-    (["--config", "configs/nonexistent.py"], ["--config configs/nonexistent.py: no such file", "configs/{ade20k_r101"]),
+    (["--config", "configs/nonexistent.py"], ["--config configs/nonexistent.py: no such file", "configs/{ade20k_", "cityscapes_r101"]),
     (["--config.batch_size=abc"], ["--config.batch_size=abc", "invalid literal for int()"]),
     (["--config.model.dtype=float16"], ["config.model.dtype must be one of", "'float16'"]),
     (["--config", "configs/ade20k_r50.py"], ["config.dataset.root is not set", "ADEChallengeData2016"]),
