@@ -38,14 +38,15 @@ REPLY = "@reply"  # marks a worker's answers on stdout, apart from anything a li
 sys.path.insert(0, str(ROOT))
 
 
-def synthetic_batch(batch: int, size: int, targets: int, num_classes: int, seed: int = 0):
-    """Random images and a block segmentation with `targets` segments per image."""
+def synthetic_batch(batch: int, size, targets: int, num_classes: int, seed: int = 0):
+    """Random images of `size` (a side, or (height, width)) and a block segmentation with `targets` segments per image."""
+    height, width = (size, size) if isinstance(size, int) else size
     rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, targets, size=(batch, max(size // 32, 1), max(size // 32, 1)))
-    segments = blocks.repeat(size // blocks.shape[1], 1).repeat(size // blocks.shape[2], 2)[:, :size, :size]
+    blocks = rng.integers(0, targets, size=(batch, max(height // 32, 1), max(width // 32, 1)))
+    segments = blocks.repeat(-(-height // blocks.shape[1]), 1).repeat(-(-width // blocks.shape[2]), 2)[:, :height, :width]
     return {
-        "image": rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8),
-        "valid": np.ones((batch, size, size), bool),
+        "image": rng.integers(0, 256, size=(batch, height, width, 3), dtype=np.uint8),
+        "valid": np.ones((batch, height, width), bool),
         "segments": segments.astype(np.int32),
         # Distinct classes within an image where there are enough, drawn with replacement otherwise.
         "labels": np.stack([rng.choice(num_classes, targets, replace=targets > num_classes)

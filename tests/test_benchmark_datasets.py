@@ -220,3 +220,31 @@ def test_tiny_model_trains_and_evaluates_on_the_cityscapes_layout(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((workdir / "eval_validation.json").read_text())
     assert len(evaluation["IoU"]) == 19 and evaluation["class_names"][11] == "person"
+
+
+@pytest.mark.parametrize("name", ["coco_stuff_r50", "coco_stuff_r101", "ade20k_full_r50", "ade20k_full_r101c",
+                                  "cityscapes_r101", "cityscapes_r101c", "mapillary_r50", "ade20k_panoptic_r50",
+                                  "ade20k_panoptic_r101"])
+def test_full_size_train_step_shapes(name):
+    """The whole train step (forward, matching, loss, gradients, update) of each config at its full crop,
+    by shape only (jax.eval_shape): non-square Cityscapes crops and 847 classes included."""
+    import importlib
+
+    import jax
+
+    from benchmarks.compare import synthetic_batch
+    from maskformer_jax.models import build_model
+    from maskformer_jax.training.optimizer import build_optimizer
+    from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
+    from maskformer_jax.training.step import jit_train_step
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.batch_size = 2
+    model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh(jax.devices()[:1])
+    abstract = jax.eval_shape(lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0)))
+    example = synthetic_batch(2, tuple(config.dataset.image_size), config.loss.max_targets, config.model.num_classes)
+    batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in example.items()}
+    step = jit_train_step(config, model, optimizer, mesh, state_sharding(abstract, mesh, False))
+    with jax.set_mesh(mesh):
+        state, metrics = jax.eval_shape(step, abstract, batch)
+    assert metrics["loss"].shape == () and state.params["class_embed"]["kernel"].shape == (256, config.model.num_classes + 1)
