@@ -5,8 +5,8 @@
 Loads the latest checkpoint of DIR (or PATH: a workdir, its checkpoints/ folder or one step's
 folder), evaluates on config.eval.split, prints a table and writes the metrics to
 DIR/eval_<split>.json. With --config.eval.save_predictions=True the predictions go to
-DIR/predictions_<split>/: semantic PNGs, and for panoptic a COCO panoptic PNG folder + JSON that
-panopticapi's pq_compute reads.
+DIR/predictions_<split>/: semantic PNGs, for panoptic a COCO panoptic PNG folder + JSON that
+panopticapi's pq_compute reads, for instance the COCO results JSON (instances_results.json).
 """
 
 import pathlib
@@ -30,11 +30,12 @@ def table(result: dict, class_names) -> str:
         for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
             lines.append(f"{name:8}| {result['PQ' + suffix]:5.1f} {result['SQ' + suffix]:5.1f} "
                          f"{result['RQ' + suffix]:5.1f} {result['n' + suffix]:5d}")
+    per_class = [key for key in ("PQ", "AP") if key in result]
     width = max(len(name) for name in class_names)
-    lines.append(f"{'class':{width}}    IoU    Acc" + ("     PQ" if "PQ" in result else ""))
+    lines.append(f"{'class':{width}}    IoU    Acc" + "".join(f" {key:>6}" for key in per_class))
     for k, name in enumerate(class_names):
         row = f"{name:{width}} {result['IoU'][k]:6.2f} {result['ACC'][k]:6.2f}"
-        lines.append(row + (f" {result['PQ_per_class'][k]:6.2f}" if "PQ" in result else ""))
+        lines.append(row + "".join(f" {result[key + '_per_class'][k]:6.2f}" for key in per_class))
     return "\n".join(lines)
 
 

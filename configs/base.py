@@ -213,6 +213,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.crop_size_range = (384, 600)  # "detr": random crop side range of the crop branch
     config.dataset.drop_smallest_targets = False  # too many segments: drop the smallest instead of failing
     config.dataset.reduce_zero_label = False  # semantic_folder: label 0 is ignore, v becomes v - 1
+    # instance evaluation: a COCO instances JSON (relative to root, e.g. "annotations/instances_val2017.json")
+    # as the ground truth; "" derives it from the panoptic annotations' thing segments.
+    config.dataset.instances_json = ""
     config.dataset.tfds_name = ""  # name "tfds": e.g. "ade20k_semantic" or "coco/2017_panoptic:1.1.0"
     config.dataset.tfds_data_dir = ""  # name "tfds": the TFDS data folder ("" = TFDS's default)
     config.dataset.num_workers = 0  # grain worker processes (0: decode in threads of this process)
@@ -231,7 +234,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.split = "validation"
     config.eval.batch_size = 8  # per process; images of one padded size are batched together
     config.eval.num_examples = 0  # evaluate the first this many examples of the split (0: all)
-    config.eval.save_predictions = False  # write semantic PNGs / COCO panoptic PNG + JSON to <workdir>/predictions
+    # write semantic PNGs, for panoptic a COCO panoptic PNG folder + JSON, for instance the COCO results
+    # JSON (instances_results.json) to <workdir>/predictions_<split>
+    config.eval.save_predictions = False
     # Test-time augmentation (semantic): the short sides below (long side <= tta_max_size), and with
     # tta_flip each also mirrored; the semantic scores of all views are averaged. docs/reference.md §4.
     config.eval.tta = False

@@ -5,11 +5,15 @@ As the reference (docs/reference.md §4): each image is resized by the test mapp
 one padded size and each size compiles once; predictions are cropped and resized back to the
 original size, on a canvas (original size rounded up to `eval.canvas_divisibility`), and scored
 against the original ground truth. Every process evaluates its own share of the split on its own
-devices; the metric sums are added over processes at the end.
+devices; the metric sums are added over processes at the end. For the instance task each image's
+masks are run-length encoded on the host as soon as they are predicted, and process 0 scores all
+of them with pycocotools (coco_eval).
 """
 
 import collections
+import json
 import math
+import pathlib
 import sys
 import time
 
@@ -21,13 +25,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from maskformer_jax import inference, metrics
+from maskformer_jax import coco_eval, inference, metrics
 from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data import transforms
 from maskformer_jax.data.pipeline import build_source, eval_pipeline
 from maskformer_jax.errors import ConfigError
 from maskformer_jax.models.conv import compiler_options
-from maskformer_jax.predictions import PredictionWriter, merge_panoptic_parts
+from maskformer_jax.predictions import PredictionWriter, coco_image_id, merge_panoptic_parts, write_json
 from maskformer_jax.resize import clamp_to_extent, downsample_valid, resize_bilinear, valid_extent
 from maskformer_jax.training.checkpoint import load_weights, with_shardings
 from maskformer_jax.training.state import make_mesh
@@ -35,7 +39,7 @@ from maskformer_jax.training.step import normalize
 
 TASKS = ("semantic", "panoptic", "instance")
 SUMMARY_KEYS = ("mIoU", "mIoU_gt", "fwIoU", "mACC", "pACC",
-                "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
+                "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", *coco_eval.SUMMARY_KEYS)
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -50,6 +54,10 @@ def validate(config: ml_collections.ConfigDict):
         raise ConfigError("config.eval.tta needs config.eval.tta_sizes")
     if evaluation.batch_size < 1:
         raise ConfigError(f"config.eval.batch_size must be positive, got {evaluation.batch_size}")
+    instances_json = pathlib.Path(config.dataset.root) / config.dataset.instances_json
+    if task == "instance" and config.dataset.instances_json and not instances_json.is_file():
+        raise ConfigError(f"config.dataset.instances_json: {instances_json} not found; it is read relative to "
+                          "config.dataset.root (e.g. annotations/instances_val2017.json), or leave it empty")
 
 
 def window_offsets(size: int, window: int, stride: int) -> list[int]:
@@ -208,14 +216,39 @@ class Predictor:
         return result
 
 
+def gather_to_first(records: list) -> list:
+    """Every process's records (JSON-serialisable), concatenated in process order on process 0; other
+    processes get []. They travel as UTF-8 JSON bytes padded to the longest share, in one allgather."""
+    if jax.process_count() == 1:
+        return records
+    data = np.frombuffer(json.dumps(records).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray([len(data)], np.int64)).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(data)] = data
+    shares = multihost_utils.process_allgather(padded)  # [processes, longest]
+    if jax.process_index() != 0:
+        return []
+    return [record for share, length in zip(shares, lengths) for record in json.loads(share[:length].tobytes())]
+
+
 class Evaluator(Predictor):
     """Evaluates on `config.eval.split` (or `source`); create once, call with the variables:
-    `evaluator(variables)` → the mIoU family for every task, plus the PQ family for "panoptic"."""
+    `evaluator(variables)` → the mIoU family for every task, plus the PQ family for "panoptic" and
+    COCO mask AP for "instance"."""
 
     def __init__(self, config: ml_collections.ConfigDict, model, source=None):
         source = build_source(config.dataset, config.eval.split) if source is None else source
         super().__init__(config, model, dataset_metadata(config.dataset, source))
         self.source = source
+        if self.task == "instance":
+            name = config.dataset.name
+            if not self.metadata.is_thing.any():
+                raise ConfigError(f"config.inference.task 'instance' scores thing classes, and the {name!r} data has "
+                                  "none; evaluate a panoptic dataset (coco_panoptic, ade20k_panoptic, synthetic)")
+            if not config.dataset.instances_json and not getattr(source, "labels_instances", False):
+                raise ConfigError(f"the {name!r} data labels classes, not instances, so it has no instance ground "
+                                  "truth; set config.dataset.instances_json to a COCO instances JSON or evaluate a "
+                                  "panoptic dataset")
         self.batch_size = transforms.round_up(config.eval.batch_size, jax.local_device_count())
         self._score = jax.jit(self._score_fn, static_argnames="keep_maps")
 
@@ -265,7 +298,8 @@ class Evaluator(Predictor):
             predictions = {"semantic": self.augmented_scores(variables, examples[0], canvas)}
         else:
             predictions = self._predict_views(variables, [example["views"][0] for example in examples], original,
-                                              [False] * len(examples), canvas)
+                                              [False] * len(examples), canvas, instances=self.task == "instance")
+        instances = predictions.pop("instances", None)  # on device, fetched one image at a time
         count = len(predictions["semantic"])
         segments = np.full((count, *canvas), -1, np.int32)
         classes = np.full((count, self.config.eval.max_segments), -1, np.int32)
@@ -278,17 +312,32 @@ class Evaluator(Predictor):
         example_valid = np.arange(count) < len(examples)
         targets = map(self._put, (segments, classes, original, example_valid))
         result = jax.device_get(self._score(predictions, *targets, keep_maps=keep_maps))
-        return dict(result, gt_classes=classes, gt_crowd=crowd)
+        return dict(result, gt_classes=classes, gt_crowd=crowd, instances=instances)
+
+    def instance_records(self, example, instances, index: int):
+        """The COCO records of the `index`-th image of a batch's instance predictions: "images" (its entry),
+        "results" and, unless config.dataset.instances_json names the ground truth, "annotations"."""
+        one = jax.device_get({key: value[index] for key, value in instances.items()})
+        height, width, image_id = example["height"], example["width"], coco_image_id(example["image_id"])
+        category_ids = self.metadata.category_ids
+        results = coco_eval.prediction_records(image_id, one["scores"], one["classes"], one["masks"][:, :height, :width],
+                                               one["kept"], category_ids)
+        annotations = [] if self.config.dataset.instances_json else coco_eval.panoptic_ground_truth(
+            image_id, example["segments"], example["classes"], example["iscrowd"], self.metadata.is_thing, category_ids)
+        return {"images": [{"id": image_id, "height": height, "width": width}], "results": results,
+                "annotations": annotations}
 
     def accumulate(self, variables, output_dir=None, log=print):
-        """This process's metric sums: confusion int64 [K, K] and panoptic statistics float64 [K, 4]
-        (metrics.PQ_FIELDS). With `output_dir` and config.eval.save_predictions the predictions are
-        written there too (PredictionWriter)."""
+        """This process's metric sums: confusion int64 [K, K], panoptic statistics float64 [K, 4]
+        (metrics.PQ_FIELDS) and, for the instance task, COCO records {"images", "results",
+        "annotations"} (lists; coco_eval). With `output_dir` and config.eval.save_predictions the
+        predictions are written there too (PredictionWriter)."""
         variables = self.variables_here(variables)
         save = bool(output_dir) and self.config.eval.save_predictions
         writer = PredictionWriter(output_dir, self.metadata, self.task == "panoptic", jax.process_index()) if save else None
         confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         statistics = np.zeros((self.num_classes, len(metrics.PQ_FIELDS)))
+        records = {"images": [], "results": [], "annotations": []}
         dataset = eval_pipeline(self.config, self.source)
         progress = _Progress(len(dataset), log)
 
@@ -313,6 +362,9 @@ class Evaluator(Predictor):
                     statistics += metrics.panoptic_statistics(result["contingency"][i], result["gt_classes"][i],
                                                               result["gt_crowd"][i], result["segment_classes"][i],
                                                               self.num_classes)
+                if result["instances"] is not None:
+                    for key, values in self.instance_records(example, result["instances"], i).items():
+                        records[key] += values
                 if writer is not None:
                     crop = (slice(0, example["height"]), slice(0, example["width"]))
                     panoptic = (result["segment_map"][i][crop], result["segment_classes"][i]) if "segment_map" in result else ()
@@ -332,21 +384,49 @@ class Evaluator(Predictor):
                 run(group, bucket)
         if writer is not None:
             writer.close()
-        return confusion, statistics
+        return confusion, statistics, records
 
     def __call__(self, variables, output_dir=None, log=print) -> dict:
         """Metrics over the whole split, every process taking part: semantic_metrics, plus
-        panoptic_metrics for the panoptic task."""
-        confusion, statistics = self.accumulate(variables, output_dir, log)
+        panoptic_metrics for the panoptic task and instance_metrics for the instance task."""
+        confusion, statistics, records = self.accumulate(variables, output_dir, log)
         if jax.process_count() > 1:
             confusion = multihost_utils.process_allgather(confusion).sum(0)
             statistics = multihost_utils.process_allgather(statistics).sum(0)
-        if output_dir and self.config.eval.save_predictions and self.task == "panoptic" and jax.process_index() == 0:
+        save = bool(output_dir) and self.config.eval.save_predictions and jax.process_index() == 0
+        if save and self.task == "panoptic":
             merge_panoptic_parts(output_dir, self.metadata)
         result = metrics.semantic_metrics(confusion)
         if self.task == "panoptic":
             result.update(metrics.panoptic_metrics(statistics, self.metadata.is_thing))
+        if self.task == "instance":
+            result.update(self.instance_metrics(records, output_dir if save else None, log))
         return result
+
+    def instance_metrics(self, records: dict, output_dir=None, log=print) -> dict:
+        """COCO mask AP (coco_eval.coco_metrics) of every process's records, computed once on process 0
+        and shared with the others; with `output_dir` the results go to instances_results.json there."""
+        records = {key: gather_to_first(values) for key, values in records.items()}
+        summary = coco_eval.SUMMARY_KEYS
+        numbers = np.zeros(len(summary) + self.num_classes)
+        if jax.process_index() == 0:
+            category_ids = [c if thing else None for c, thing in zip(self.metadata.category_ids, self.metadata.is_thing)]
+            image_ids = [image["id"] for image in records["images"]]
+            if self.config.dataset.instances_json:
+                path = pathlib.Path(self.config.dataset.root) / self.config.dataset.instances_json
+                ground_truth = coco_eval.load_ground_truth(path, image_ids, [c for c in category_ids if c is not None])
+            else:
+                categories = [category for category in self.metadata.categories() if category["isthing"]]
+                ground_truth = coco_eval.ground_truth(records["images"], records["annotations"], categories)
+            if output_dir:
+                pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+                write_json(pathlib.Path(output_dir) / "instances_results.json", records["results"])
+            log(f"eval: COCO mask AP of {len(records['results'])} instances in {len(image_ids)} images")
+            result = coco_eval.coco_metrics(ground_truth, records["results"], image_ids, category_ids)
+            numbers = np.asarray([result[key] for key in summary] + result["AP_per_class"])
+        if jax.process_count() > 1:
+            numbers = np.asarray(multihost_utils.broadcast_one_to_all(numbers))
+        return dict(zip(summary, numbers[:len(summary)].tolist()), AP_per_class=numbers[len(summary):].tolist())
 
 
 class _Progress:

@@ -112,6 +112,7 @@ def panoptic_inference(class_logits, mask_logits, valid, is_thing, object_mask_t
 def instance_inference(class_logits, mask_logits, valid, top_k: int, is_thing=None):
     """Mask2Former's instance rule (docs/reference.md §4): the top-k (query, class) pairs by class
     probability, mask = logit > 0, score = probability x mean mask probability inside the mask.
+    (Every pair when the model has fewer than k.)
 
     class_logits [B, Q, K+1]; mask_logits [B, Q, H, W]; valid bool [B, H, W]; is_thing bool [K] or
     None (panoptic-trained models keep things only; kept is False for the others).
@@ -119,7 +120,7 @@ def instance_inference(class_logits, mask_logits, valid, top_k: int, is_thing=No
     """
     probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[..., :-1]
     batch, _, num_classes = probs.shape
-    class_scores, index = jax.lax.top_k(probs.reshape(batch, -1), top_k)
+    class_scores, index = jax.lax.top_k(probs.reshape(batch, -1), min(top_k, probs.shape[1] * num_classes))
     queries, classes = index // num_classes, index % num_classes
     logits = jnp.take_along_axis(mask_logits, queries[:, :, None, None], axis=1).astype(jnp.float32)
     masks = (logits > 0) & valid[:, None]

@@ -113,27 +113,48 @@ def test_semantic_benchmark_sources_read_the_official_layout(tmp_path, name):
         height, width = example["image"].shape[:2]
         expected = label_values(height, width, classes, ignore=-1)
         np.testing.assert_array_equal(example["segments"], expected)
+        # evaluation passes the source: its classes, things, ids and colours are the same
+        from_source = dataset_metadata(config.dataset, source)
+        assert from_source.class_names == metadata.class_names and from_source.category_ids == metadata.category_ids
+        np.testing.assert_array_equal(from_source.is_thing, metadata.is_thing)
+        assert (from_source.colors is None) == (metadata.colors is None)
+
+
+def write_ade20k_panoptic(root, split):
+    """Two images as prepare_ade20k_pan_seg.py writes them: wall (stuff) on the left, two beds (things,
+    the second a crowd) on the right; returns the COCO-format JSON's path."""
+    folder, short = root / "ADEChallengeData2016", {"train": "train", "validation": "val"}[split]
+    images, annotations = [], []
+    for i in range(2):
+        stem = f"ADE_{short}_0000000{i + 1}"
+        write_image(folder / f"images/{'training' if split == 'train' else 'validation'}/{stem}.jpg", seed=i)
+        ids = np.zeros((24, 32), np.int64)
+        ids[:, :16], ids[:12, 16:], ids[12:, 16:] = 1, 2, 3
+        write_label(folder / f"ade20k_panoptic_{short}/{stem}.png",
+                    np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8))
+        images.append({"id": stem, "file_name": f"{stem}.jpg", "height": 24, "width": 32})
+        annotations.append({"image_id": stem, "file_name": f"{stem}.png", "segments_info": [
+            {"id": 1, "category_id": 0, "iscrowd": 0}, {"id": 2, "category_id": 7, "iscrowd": 0},
+            {"id": 3, "category_id": 7, "iscrowd": 1}]})
+    categories = [{"id": k, "name": f"c{k}", "isthing": int(k in base_things())} for k in range(150)]
+    path = folder / f"ade20k_panoptic_{short}.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def ade20k_panoptic_config(root):
+    config = base.use_ade20k_panoptic(tiny.get_config())
+    config.dataset.root, config.model.num_classes = str(root), 150
+    return config
 
 
 def test_ade20k_panoptic_source_reads_the_prepared_layout(tmp_path):
-    folder = tmp_path / "ADEChallengeData2016"
-    write_image(folder / "images/validation/ADE_val_00000001.jpg")
-    ids = np.zeros((24, 32), np.int64)
-    ids[:, :16], ids[:, 16:] = 1, 2
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-    (folder / "ade20k_panoptic_val").mkdir(parents=True)
-    Image.fromarray(rgb).save(folder / "ade20k_panoptic_val/ADE_val_00000001.png")
-    categories = [{"id": k, "name": f"c{k}", "isthing": int(k in base_things())} for k in range(150)]
-    (folder / "ade20k_panoptic_val.json").write_text(json.dumps({
-        "images": [{"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg"}],
-        "annotations": [{"image_id": "ADE_val_00000001", "file_name": "ADE_val_00000001.png", "segments_info": [
-            {"id": 1, "category_id": 0, "iscrowd": 0}, {"id": 2, "category_id": 7, "iscrowd": 0}]}],
-        "categories": categories}))
-    config = base.use_ade20k_panoptic(tiny.get_config())
-    config.dataset.root, config.model.num_classes = str(tmp_path), 150
+    write_ade20k_panoptic(tmp_path, "validation")
+    config = ade20k_panoptic_config(tmp_path)
     source = build_source(config.dataset, "validation")
     example = source[0]
-    assert list(example["classes"]) == [0, 7] and example["segments"][0, 0] == 0 and example["segments"][0, 31] == 1
+    assert list(example["classes"]) == [0, 7, 7] and list(example["iscrowd"]) == [False, False, True]
+    assert example["segments"][0, 0] == 0 and example["segments"][0, 31] == 1 and example["segments"][23, 31] == 2
     metadata = dataset_metadata(config.dataset)
     assert metadata.is_thing.sum() == 100 and metadata.is_thing[7] and not metadata.is_thing[0]  # bed, wall
 

@@ -1,5 +1,6 @@
 """Evaluation end to end on the tiny config: eval.py, predict.py, shards, test-time augmentation."""
 
+import collections
 import json
 import pathlib
 
@@ -207,3 +208,53 @@ def test_instance_prediction_at_the_image_size(checkpoint):
     # the synthetic set's things are classes 4-6: only those are kept
     np.testing.assert_array_equal(instances["kept"], np.isin(instances["classes"], [4, 5, 6]))
     assert ((instances["scores"] >= 0) & (instances["scores"] <= 1)).all()  # probability x mean mask probability
+
+
+def test_instance_evaluation_scores_the_written_coco_results(checkpoint, capsys, tmp_path):
+    """eval.py with task=instance: COCO mask AP printed and saved; the results JSON, scored by
+    pycocotools against the ground truth derived from the panoptic annotations (or read from an
+    instances JSON), gives the same numbers."""
+    import eval as eval_script
+    from maskformer_jax import coco_eval
+    from maskformer_jax.data.metadata import dataset_metadata
+
+    workdir, _ = checkpoint
+    config = eval_config(**{"inference.task": "instance", "eval.save_predictions": True})
+    result = eval_script.evaluate_checkpoint(config, workdir)
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "APl" in printed and "triangle" in printed
+    saved = json.loads((workdir / "eval_validation.json").read_text())
+    assert saved["AP"] == pytest.approx(result["AP"]) and len(saved["AP_per_class"]) == 7
+    assert np.isnan(result["AP_per_class"][:4]).all() and np.isfinite(result["AP_per_class"][4:]).all()  # stuff, things
+
+    results = json.loads((workdir / "predictions_validation/instances_results.json").read_text())
+    images = collections.Counter(r["image_id"] for r in results)
+    assert len(images) == NUM_EXAMPLES and max(images.values()) <= config.inference.top_k
+    assert {r["category_id"] for r in results} <= {4, 5, 6} and all(0 <= r["score"] <= 1 for r in results)
+    source, metadata = SyntheticSource(NUM_EXAMPLES, config.dataset.synthetic_size, seed=1), dataset_metadata(config.dataset)
+    examples = [source[i] for i in range(NUM_EXAMPLES)]
+    annotations = [a for e in examples for a in coco_eval.panoptic_ground_truth(
+        e["image_id"], e["segments"], e["classes"], e["iscrowd"], metadata.is_thing, metadata.category_ids)]
+    ground_truth = coco_eval.ground_truth([{"id": e["image_id"], "height": 96, "width": 96} for e in examples],
+                                          annotations, [c for c in metadata.categories() if c["isthing"]])
+    again = coco_eval.coco_metrics(ground_truth, results, [e["image_id"] for e in examples], metadata.category_ids)
+    np.testing.assert_allclose([again[key] for key in coco_eval.SUMMARY_KEYS], [result[key] for key in coco_eval.SUMMARY_KEYS])
+
+    # the ground truth's own thing masks as predictions, on a canvas larger than the image, score 100
+    evaluator = Evaluator(config, build_model(config.model))
+    records = {"images": [], "results": [], "annotations": []}
+    for example in examples:
+        things = [s for s, c in enumerate(example["classes"]) if metadata.is_thing[c]]
+        masks = np.zeros((1, len(things) + 1, 128, 128), bool)
+        masks[0, :-1, :96, :96] = example["segments"][None] == np.asarray(things)[:, None, None]
+        instances = {"masks": masks, "scores": np.ones((1, len(things) + 1)), "kept": np.arange(len(things) + 1)[None] < len(things),
+                     "classes": np.asarray([[*example["classes"][things], 0]])}
+        for key, values in evaluator.instance_records(dict(example, height=96, width=96), instances, 0).items():
+            records[key] += values
+    assert evaluator.instance_metrics(records)["AP"] == pytest.approx(100.0)
+
+    (tmp_path / "instances.json").write_text(json.dumps(ground_truth.dataset))
+    config = eval_config(**{"inference.task": "instance"})
+    config.dataset.root, config.dataset.instances_json = str(tmp_path), "instances.json"
+    from_json = eval_script.evaluate_checkpoint(config, workdir)
+    np.testing.assert_allclose(from_json["AP_per_class"], result["AP_per_class"])

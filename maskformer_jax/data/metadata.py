@@ -203,23 +203,15 @@ def make_metadata(class_names, thing_classes=(), category_ids=None, colors=None)
 
 
 def dataset_metadata(dataset: ml_collections.ConfigDict, source=None) -> Metadata:
-    """The classes of `config.dataset`: from its source when given (the COCO JSON's categories, a
-    folder's classes.txt), else the built-in lists (synthetic, ADE20K-150, COCO panoptic) or a
-    semantic_folder's classes.txt, else "class_<k>" names for config.dataset.num_classes classes."""
-    if source is not None and hasattr(source, "class_names"):
-        category_ids = None
-        if hasattr(source, "category_to_class"):
-            category_ids = sorted(source.category_to_class, key=source.category_to_class.get)
-        return make_metadata(source.class_names, getattr(source, "thing_classes", ()), category_ids,
-                             getattr(source, "class_colors", None))
+    """The classes of `config.dataset`: the built-in lists of the datasets with fixed classes
+    (synthetic, ADE20K-150, COCO-Stuff-10K, ADE20K-Full, Cityscapes, Mapillary Vistas), else those of
+    its source when given (the COCO JSON's categories, a folder's classes.txt), else the built-in
+    lists (COCO panoptic, ADE20K panoptic) or a semantic_folder's classes.txt, else "class_<k>" names
+    for config.dataset.num_classes classes."""
     if dataset.name == "synthetic":
         return make_metadata(synthetic.CLASS_NAMES, synthetic.THING_CLASSES, colors=synthetic.CLASS_COLORS)
     if dataset.name == "ade20k":
         return make_metadata(sources.ADE20K_CLASS_NAMES, colors=ADE20K_COLORS)
-    if dataset.name == "semantic_folder":
-        return make_metadata(sources.read_class_names(dataset.root))
-    if dataset.name == "ade20k_panoptic":
-        return make_metadata(sources.ADE20K_CLASS_NAMES, classes.ADE20K_PANOPTIC_THING_CLASSES, colors=ADE20K_COLORS)
     if dataset.name == "coco_stuff_10k":
         ids, names = zip(*classes.COCO_STUFF_10K_CATEGORIES)
         return make_metadata(names, range(80), ids)
@@ -232,6 +224,16 @@ def dataset_metadata(dataset: ml_collections.ConfigDict, source=None) -> Metadat
     if dataset.name == "mapillary_vistas":
         _, names, things, colors = zip(*classes.MAPILLARY_VISTAS_CATEGORIES)
         return make_metadata(names, [k for k, thing in enumerate(things) if thing], colors=colors)
+    if source is not None and hasattr(source, "class_names"):
+        category_ids = None
+        if hasattr(source, "category_to_class"):
+            category_ids = sorted(source.category_to_class, key=source.category_to_class.get)
+        return make_metadata(source.class_names, getattr(source, "thing_classes", ()), category_ids,
+                             getattr(source, "class_colors", None))
+    if dataset.name == "semantic_folder":
+        return make_metadata(sources.read_class_names(dataset.root))
+    if dataset.name == "ade20k_panoptic":
+        return make_metadata(sources.ADE20K_CLASS_NAMES, classes.ADE20K_PANOPTIC_THING_CLASSES, colors=ADE20K_COLORS)
     if dataset.name == "coco_panoptic":
         ids, names, things, colors = zip(*COCO_PANOPTIC_CATEGORIES)
         return make_metadata(names, [k for k, thing in enumerate(things) if thing], ids, colors)

@@ -6,7 +6,8 @@ Every source returns the same raw example, whatever the format:
   classes     int32 [S]     contiguous class of each segment
   iscrowd     bool  [S]     crowd segments become ignore in the targets
   image_id    str
-A semantic label map is the special case "segment k = class k" (S = K). Bad files raise DataError
+A semantic label map is the special case "segment k = class k" (S = K); a source whose segments are
+instances says so with `labels_instances = True`. Bad files raise DataError
 naming the file and the problem; what can be checked without decoding is checked at construction.
 """
 
@@ -257,6 +258,8 @@ class CocoPanopticSource:
     Category ids are mapped to contiguous classes in the order of their ids. Serves COCO panoptic and
     ADE20K / Cityscapes panoptic converted to this format.
     """
+
+    labels_instances = True
 
     def __init__(self, image_dir, annotation_json, annotation_dir):
         self.image_dir, self.annotation_dir = pathlib.Path(image_dir), pathlib.Path(annotation_dir)

@@ -59,6 +59,7 @@ class SyntheticSource:
 
     class_names = CLASS_NAMES
     thing_classes = THING_CLASSES
+    labels_instances = True
 
     def __init__(self, num_examples: int = 1000, image_size=(128, 128), seed: int = 0):
         self.num_examples, self.image_size, self.seed = num_examples, tuple(image_size), seed

@@ -178,6 +178,7 @@ class TfdsSource:
         except Exception as error:  # TFDS raises several types for a missing or unprepared dataset
             raise sources.DataError(f"TFDS dataset {name!r} split {split!r} in {data_dir}: {error}") from error
         self.name, self.ignore_label = name, ignore_label
+        self.labels_instances = "label" not in self.data.dataset_info.features  # panoptic features
 
     def __len__(self):
         return len(self.data)
