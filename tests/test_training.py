@@ -143,19 +143,19 @@ def test_one_step_on_eight_devices_equals_one_device():
     assert fsdp["loss_relative"] <= 1e-5 and fsdp["params_close"] and fsdp["params_changed"], report
 
 
-def test_two_processes_equal_one_process(tmp_path, environment, straight_run):
+def test_two_processes_equal_one_process(tmp_path, environment, straight_run, capsys):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     steps = ["--config.num_steps=4", "--config.checkpoint_every=4", "--config.eval_every=4",
-             "--config.eval.num_examples=4"]
+             "--config.eval.num_examples=4", "--config.inference.task=instance"]
     processes = [
         train(tmp_path / "two", environment, *steps, f"--coordinator_address=127.0.0.1:{port}",
               "--num_processes=2", f"--process_id={i}", wait=False)
         for i in range(2)
     ]
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
     step_two, params_two = final_params(tmp_path / "two")
     _, params_one = final_params(straight_run, step=4)
@@ -166,16 +166,20 @@ def test_two_processes_equal_one_process(tmp_path, environment, straight_run):
     assert_trees_equal(params_two, params_one, tolerance=1e-5)
 
     # The evaluation at the end, each process on its half of the examples, equals one process
-    # evaluating the same checkpoint on all of them.
+    # evaluating the same checkpoint on all of them; the instance records of both processes reach
+    # process 0, which scores them all.
     import eval as eval_script
 
     logged = json.loads((tmp_path / "two/metrics.jsonl").read_text().splitlines()[-1])
     config = tiny.get_config()
-    config.eval.num_examples = 4
+    config.eval.num_examples, config.inference.task = 4, "instance"
+    capsys.readouterr()
     alone = eval_script.evaluate_checkpoint(config, tmp_path / "alone", tmp_path / "two/checkpoints/4")
+    scored = re.search(r"COCO mask AP of \d+ instances in 4 images", capsys.readouterr().out).group()
+    assert scored in outputs[0] and scored not in outputs[1]
     assert logged["split"] == "eval" and logged["step"] == 4
-    for key in ("mIoU", "fwIoU", "mACC", "pACC"):
-        assert logged[key] == pytest.approx(alone[key], abs=1e-6), key
+    for key in ("mIoU", "fwIoU", "mACC", "pACC", "AP", "AP50"):
+        assert logged[key] == pytest.approx(alone[key], abs=1e-6, nan_ok=True), key
 
 
 def test_killed_run_resumes_bit_identically_and_sigterm_saves(tmp_path, environment, straight_run):
