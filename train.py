@@ -172,8 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         stop["requested"] = True
         logger.info("stop requested: saving at the end of this step (Ctrl-C again aborts without saving)")
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    handlers = {number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)}
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
     evaluator = Evaluator(config, model) if config.eval_every else None
     step, metrics, pending, compiled, input_wait = int(state.step), {}, None, {}, 0.0
@@ -217,6 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         try:
             checkpointer.close()
         finally:  # grain's worker processes and shared memory go on every exit path
+            for number, handler in handlers.items():  # the caller's handlers again (a notebook, a test)
+                signal.signal(number, handler)
             logger.close()
             if hasattr(iterator, "close"):
                 iterator.close()

@@ -101,6 +101,8 @@ def use_semantic_benchmark(config: ml_collections.ConfigDict, name: str) -> ml_c
     config.num_steps = recipe["num_steps"]
     config.eval.tta_sizes = recipe["tta_sizes"]
     config.eval.tta_max_size = recipe["tta_max_size"]
+    # a semantic label map is one ground-truth segment per class: ADE20K-Full's 847 need the slots
+    config.eval.max_segments = max(config.eval.max_segments, recipe["num_classes"])
     return config
 
 

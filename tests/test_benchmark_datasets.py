@@ -91,6 +91,7 @@ def dataset_config(name, root):
     config.dataset.name, config.dataset.root = name, str(root)
     config.model.num_classes = 0  # the dataset's count
     config.dataset.ignore_label = base.SEMANTIC_BENCHMARKS[name]["ignore_label"]
+    config.eval.max_segments = max(256, WRITERS[name][1])  # a segment per class, as the configs set it
     return config
 
 
@@ -218,7 +219,7 @@ def test_benchmark_configs_carry_the_official_recipes(name, crop, classes, steps
     if name.startswith("coco"):
         assert config.batch_size == 32 and config.eval.tta_sizes == (320, 480, 640, 800, 960, 1120)
     if name.startswith("ade20k_full"):
-        assert config.dataset.ignore_label == 65535
+        assert config.dataset.ignore_label == 65535 and config.eval.max_segments == 847
 
 
 def test_tiny_model_trains_and_evaluates_on_the_cityscapes_layout(tmp_path):
@@ -241,6 +242,30 @@ def test_tiny_model_trains_and_evaluates_on_the_cityscapes_layout(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((workdir / "eval_validation.json").read_text())
     assert len(evaluation["IoU"]) == 19 and evaluation["class_names"][11] == "person"
+
+
+@pytest.mark.parametrize("name", ["coco_stuff_10k", "ade20k_full", "mapillary_vistas", "ade20k_panoptic"])
+def test_tiny_model_trains_and_evaluates_on_each_layout(tmp_path, name):
+    """Two steps of train.py's training and eval.py's evaluation (in this process) on each fixture
+    layout: 171 and 847 classes, 16-bit TIFF labels, ignore 65, and ADE20K panoptic scored by PQ."""
+    import eval as eval_script
+    import train as train_script
+
+    root = tmp_path / name
+    for split in ("train", "validation"):
+        (write_ade20k_panoptic if name == "ade20k_panoptic" else WRITERS[name][0])(root, split)
+    config = ade20k_panoptic_config(root) if name == "ade20k_panoptic" else dataset_config(name, root)
+    config.num_steps, config.eval_every, config.log_every = 2, 0, 1
+    trained = train_script.train_and_evaluate(config, tmp_path / "run")
+    assert trained["step"] == 2 and np.isfinite(trained["loss"])
+    eval_script.evaluate_checkpoint(config, tmp_path / "run")
+    evaluation = json.loads((tmp_path / "run/eval_validation.json").read_text())
+    count, classes, names = (150, (0, 7), ("c0", "c7")) if name == "ade20k_panoptic" else WRITERS[name][1:]  # the JSON's names
+    assert len(evaluation["IoU"]) == count and np.isfinite(evaluation["mIoU"])
+    for k, expected in zip(classes, names):
+        assert expected is None or evaluation["class_names"][k] == expected
+    if name == "ade20k_panoptic":  # scored by PQ over the fixture's wall and beds
+        assert evaluation["task"] == "panoptic" and np.isfinite(evaluation["PQ"]) and evaluation["n"] == 2
 
 
 @pytest.mark.parametrize("name", ["coco_stuff_r50", "coco_stuff_r101", "ade20k_full_r50", "ade20k_full_r101c",
