@@ -150,6 +150,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     reinitialised = []
     if state is None:
         state = init_train_state(create, sharding)
+        # The initialising program is not needed again and holds ~170 MB of host memory at R50 or
+        # Swin-T size; nothing else of this process has been compiled yet, so every cache can go.
+        jax.clear_caches()
         if config.init_from:
             weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
                                                   config.init_reinitialize_mismatched)
@@ -208,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
                     result = evaluator({"params": state.params, "frozen": state.frozen}, log=logger.info)
                     logger.scalars(step, {key: result[key] for key in SUMMARY_KEYS if key in result}, prefix="eval")
-                if stop["requested"] or checkpointer.manager.reached_preemption(step):
+                if stop["requested"] or checkpointer.reached_preemption(step):
                     checkpointer.save(step, state, iterator, force=True)
                     logger.info(f"stop requested: saved step {step}")
                     break

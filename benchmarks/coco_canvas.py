@@ -73,6 +73,7 @@ def main():
         create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
         sharding = state_sharding(jax.eval_shape(create), mesh)
         state = init_train_state(create, sharding)
+        jax.clear_caches()  # the initialising program's host memory is not the step's
         batch = global_batch(batch_on_canvas(args.batch, size, canvas, args.targets, config.model.num_classes), mesh)
         with jax.set_mesh(mesh):
             start = time.perf_counter()

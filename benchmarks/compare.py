@@ -115,6 +115,7 @@ def run_ours(args) -> None:
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     sharding = state_sharding(jax.eval_shape(create), mesh)
     state = init_train_state(create, sharding)
+    jax.clear_caches()  # the initialising program's host memory is not the step's
     batch = global_batch(synthetic_batch(args.batch, args.size, args.targets, config.model.num_classes), mesh)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
 

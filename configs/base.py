@@ -270,7 +270,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.importance_sample_ratio = 0.75  # share of points taken where the prediction is uncertain
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 1e-4
     config.optimizer.backbone_multiplier = 0.1  # backbone lr = learning_rate * this

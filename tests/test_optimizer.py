@@ -8,8 +8,8 @@ from flax import traverse_util
 
 from configs import ade20k_r50, ade20k_swin_t, coco_panoptic_r50
 from maskformer_jax.summary import abstract_variables
-from maskformer_jax.training.optimizer import (build_optimizer, learning_rate_schedule, parameter_groups,
-                                               weight_decay_mask)
+from maskformer_jax.training.optimizer import (build_optimizer, learning_rate_schedule, optimizer_metrics,
+                                               parameter_groups, weight_decay_mask)
 
 
 def flat(tree):
@@ -82,3 +82,24 @@ def test_schedules_follow_the_reference():
     coco = coco_panoptic_r50.get_config()
     step = learning_rate_schedule(coco.optimizer, coco.num_steps)
     assert float(step(369_599)) == pytest.approx(1e-4) and float(step(369_600)) == pytest.approx(1e-5)
+
+
+def test_logged_learning_rate_is_the_applied_one_after_a_skipped_update():
+    config = ade20k_r50.get_config()
+    config.num_steps, config.optimizer.weight_decay, config.optimizer.clip_grad_norm = 4, 0.0, 1e9
+    schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+    params = {"class_embed": {"kernel": jnp.ones((2, 2))}}
+    optimizer = build_optimizer(config)
+    state = optimizer.init(params)
+    good = jax.tree.map(jnp.ones_like, params)
+    bad = {"class_embed": {"kernel": jnp.full((2, 2), jnp.nan)}}
+    logged = []
+    for grads in (good, bad, good):  # steps 0, 1 (skipped), 2
+        updates, state = optimizer.update(grads, state, params)
+        logged.append(float(optimizer_metrics(config, state)["learning_rate"]))
+    # With a constant gradient and no weight decay, Adam's step is the learning rate itself.
+    applied = -float(updates["class_embed"]["kernel"][0, 0])
+    np.testing.assert_allclose(logged[2], applied, rtol=1e-4)
+    np.testing.assert_allclose(logged, [schedule(0), schedule(0), schedule(1)], rtol=1e-6)
+    assert abs(logged[2] - float(schedule(2))) > 0.1 * logged[2]  # not the step count's learning rate
+    assert int(optimizer_metrics(config, state)["nonfinite_total"]) == 1

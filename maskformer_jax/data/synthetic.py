@@ -13,7 +13,6 @@ from PIL import Image
 
 CLASS_NAMES = ("sky", "grass", "wall", "water", "disc", "box", "triangle")
 THING_CLASSES = (4, 5, 6)
-NUM_CLASSES = len(CLASS_NAMES)
 # Base colours (RGB) of each class; instances and textures vary around them. Also the classes' colours
 # in pictures (CLASS_COLORS), so that grass is drawn green and water blue.
 _COLOURS = np.array(

@@ -88,8 +88,9 @@ class Checkpointer:
             item_names=("state", "data_iter"),
         )
 
-    def latest_step(self):
-        return self.manager.latest_step()
+    def reached_preemption(self, step: int) -> bool:
+        """Whether the cluster announced a preemption (orbax's multi-host signal) that this step should save for."""
+        return self.manager.reached_preemption(step)
 
     def save(self, step: int, state, iterator, force: bool = False) -> bool:
         """Save at the interval (or always with `force`); a step that is saved already is not saved

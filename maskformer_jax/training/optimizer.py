@@ -65,8 +65,6 @@ def parameter_groups(params):
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The full optimizer for `config` (reads config.optimizer and config.num_steps)."""
     optimizer = config.optimizer
-    if optimizer.name != "adamw":
-        raise ConfigError(f"config.optimizer.name must be 'adamw', got {optimizer.name!r}")
     schedule = learning_rate_schedule(optimizer, config.num_steps)
 
     def adamw(multiplier):
@@ -82,3 +80,24 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
         ),
     )
     return optax.apply_if_finite(transform, max_consecutive_errors=optimizer.max_consecutive_nonfinite)
+
+
+def applied_updates(opt_state) -> jax.Array:
+    """int32 scalar: updates applied so far. AdamW's own counter, which `apply_if_finite` leaves as it
+    was on a skipped update (unlike the train state's step, which counts every step)."""
+
+    def head_schedule(path, _):
+        return path[-1].tuple_name == "ScaleByScheduleState" and jax.tree_util.DictKey("head") in path
+
+    return optax.tree_utils.tree_get(opt_state, "count", filtering=head_schedule)
+
+
+def optimizer_metrics(config: ml_collections.ConfigDict, opt_state) -> dict:
+    """After an update: "learning_rate" of the last applied update (the head's; the backbone's is
+    `backbone_multiplier` times it), "nonfinite_in_a_row" and "nonfinite_total" skipped updates."""
+    schedule = learning_rate_schedule(config.optimizer, config.num_steps)
+    return {
+        "learning_rate": schedule(jnp.maximum(applied_updates(opt_state) - 1, 0)),
+        "nonfinite_in_a_row": opt_state.notfinite_count,
+        "nonfinite_total": opt_state.total_notfinite,
+    }

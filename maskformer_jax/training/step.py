@@ -11,7 +11,7 @@ from maskformer_jax.data.pipeline import BATCH_KEYS
 from maskformer_jax.data.transforms import padding_absent
 from maskformer_jax.losses import set_loss
 from maskformer_jax.models.conv import compiler_options
-from maskformer_jax.training.optimizer import learning_rate_schedule
+from maskformer_jax.training.optimizer import optimizer_metrics
 from maskformer_jax.training.state import TrainState
 
 PIXEL_MEAN = (123.675, 116.280, 103.530)  # docs/reference.md §1, RGB on a 0-255 scale
@@ -32,7 +32,6 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
     detectron2's ImageList pads) and `valid` reaches the model (attention, position encoding) and
     the loss (mask terms and costs over each image's pixels); otherwise padding counts as image.
     """
-    schedule = learning_rate_schedule(config.optimizer, config.num_steps)
     absent = padding_absent(config.dataset)
 
     def train_step(state: TrainState, batch):
@@ -55,9 +54,7 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["learning_rate"] = schedule(state.step)
-        metrics["nonfinite_in_a_row"] = opt_state.notfinite_count
-        metrics["nonfinite_total"] = opt_state.total_notfinite
+        metrics.update(optimizer_metrics(config, opt_state))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
