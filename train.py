@@ -11,7 +11,6 @@ Multi-host: pass --distributed (cluster auto-detection: TPU pods, SLURM, Open MP
 import json
 import pathlib
 import signal
-import sys
 import time
 
 import jax
@@ -23,7 +22,9 @@ from maskformer_jax.errors import ConfigError
 from maskformer_jax.data.pipeline import train_pipeline
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
+from maskformer_jax.losses import loss_terms
 from maskformer_jax.predictions import write_text
+from maskformer_jax.progress import Progress
 from maskformer_jax.training.checkpoint import Checkpointer, init_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
 from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
@@ -43,13 +44,12 @@ def _logged_step(row: str) -> float:
 class Logger:
     """Console lines (and a progress bar on a terminal), TensorBoard events and JSON lines; process 0 only."""
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, start_step: int = 0):
+    def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, loss_terms, start_step: int = 0):
         """Rates and ETA count from `start_step`; rows of metrics.jsonl after it (logged by a run that
-        stopped before its next checkpoint) are dropped, so that a resumed run logs each step once."""
-        self.active = jax.process_index() == 0
-        self.total_steps, self.batch_size = total_steps, batch_size
-        self.tty = sys.stdout.isatty()
-        self.last_time, self.last_step = time.time(), start_step
+        stopped before its next checkpoint) are dropped, so that a resumed run logs each step once.
+        The console shows the last layer's `loss_terms` (losses.loss_terms)."""
+        self.progress = Progress(total_steps, start_step)
+        self.active, self.batch_size, self.loss_terms = self.progress.active, batch_size, loss_terms
         if self.active:
             from tensorboardX import SummaryWriter
 
@@ -60,41 +60,31 @@ class Logger:
                 write_text(path, "".join(row + "\n" for row in rows))
             self.jsonl = open(path, "a")
 
-    def progress(self, step: int):
-        if self.active and self.tty:
-            done = int(30 * step / self.total_steps)
-            print(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total_steps}", end="", flush=True)
-
     def scalars(self, step: int, values: dict, prefix: str = "train", input_wait: float = 0.0):
         """Log one row; for "train", `input_wait` is the seconds spent waiting for batches since the last row."""
         if not self.active:
             return
-        if prefix == "train":  # throughput over the last interval (the first one includes compilation)
-            now = time.time()
-            steps = step - self.last_step
-            rate = steps * self.batch_size / max(now - self.last_time, 1e-9)
-            self.last_time, self.last_step = now, step
-            values = dict(values, images_per_second=rate, input_wait_ms=1e3 * input_wait / max(steps, 1))
+        if prefix == "train":  # throughput over the last interval
+            steps = step - self.progress.marked_done
+            rate = self.progress.rate()
+            values = dict(values, images_per_second=rate * self.batch_size, input_wait_ms=1e3 * input_wait / max(steps, 1))
         for key, value in values.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
         self.jsonl.flush()
         if prefix == "train":
-            eta = (self.total_steps - step) * self.batch_size / rate if rate > 0 else float("nan")
-            terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in sorted(values.items()) if k.startswith("loss_") and k[-1].isalpha())
-            eta = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "-"
-            line = (f"step {step}/{self.total_steps} | loss {values['loss']:.4f} ({terms}) | "
-                    f"lr {values['learning_rate']:.2e} | {rate:.1f} img/s | input wait "
-                    f"{values['input_wait_ms']:.0f} ms/step | ETA {eta}")
+            terms = " ".join(f"{name} {values[f'loss_{name}']:.3f}" for name in self.loss_terms)
+            line = (f"step {step}/{self.progress.total} | loss {values['loss']:.4f} ({terms}) | "
+                    f"lr {values['learning_rate']:.2e} | {values['images_per_second']:.1f} img/s | input wait "
+                    f"{values['input_wait_ms']:.0f} ms/step | ETA {self.progress.eta(rate)}")
             if values.get("nonfinite_total"):
                 line += f" | {int(values['nonfinite_total'])} non-finite updates skipped"
         else:
             line = f"step {step} | {prefix}: " + " ".join(f"{k} {v:.2f}" for k, v in values.items())
-        print(("\r" if self.tty else "") + line, flush=True)
+        self.progress.report(line)
 
     def info(self, message: str):
-        if self.active:
-            print(message, flush=True)
+        self.progress.report(message)
 
     def close(self):
         if self.active:
@@ -154,12 +144,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # Swin-T size; nothing else of this process has been compiled yet, so every cache can go.
         jax.clear_caches()
         if config.init_from:
-            weights, reinitialised = init_weights(config.init_from, {"params": state.params, "frozen": state.frozen},
-                                                  config.init_reinitialize_mismatched)
+            weights, reinitialised = init_weights(config.init_from, state.variables, config.init_reinitialize_mismatched)
             state = state.replace(**weights)
     if jax.process_index() == 0:
         write_config(workdir, config, int(state.step), print)
-    logger = Logger(workdir, config.num_steps, config.batch_size, int(state.step))
+    logger = Logger(workdir, config.num_steps, config.batch_size, loss_terms(config.loss), int(state.step))
     if int(state.step) > 0:
         logger.info(f"resumed from step {int(state.step)}")
     elif config.init_from:
@@ -191,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     start = time.perf_counter()
                     compiled[canvas] = train_step.lower(state, batch).compile()
                     logger.info(f"compiled in {time.perf_counter() - start:.1f} s")
-                    logger.last_time += time.perf_counter() - start  # rates leave compilation out
+                    logger.progress.exclude(time.perf_counter() - start)  # rates leave compilation out
                 state, step_metrics = compiled[canvas](state, batch)
                 step += 1
                 if pending is not None:  # look at the previous step while this one runs
@@ -202,14 +191,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                             "and were skipped; lower the learning rate or check the data"
                         )
                 pending = step_metrics
-                logger.progress(step)
+                logger.progress.advance()
+                logger.progress.bar()
                 if step % config.log_every == 0 or step == config.num_steps:
                     metrics = {key: float(value) for key, value in jax.device_get(step_metrics).items()}
                     logger.scalars(step, metrics, input_wait=input_wait)
                     input_wait = 0.0
                 checkpointer.save(step, state, iterator, force=step == config.num_steps)
                 if config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-                    result = evaluator({"params": state.params, "frozen": state.frozen}, log=logger.info)
+                    result = evaluator(state.variables, log=logger.info)
                     logger.scalars(step, {key: result[key] for key in SUMMARY_KEYS if key in result}, prefix="eval")
                 if stop["requested"] or checkpointer.reached_preemption(step):
                     checkpointer.save(step, state, iterator, force=True)

@@ -102,11 +102,11 @@ def run_ours(args) -> None:
     import jax
 
     from maskformer_jax.inference import semantic_scores
-    from maskformer_jax.models import build_model
+    from maskformer_jax.models import build_model, normalize
     from maskformer_jax.models.conv import compiler_options
     from maskformer_jax.training.optimizer import build_optimizer
     from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
-    from maskformer_jax.training.step import global_batch, jit_train_step, normalize
+    from maskformer_jax.training.step import global_batch, jit_train_step
 
     config = importlib.import_module(f"configs.{args.config}").get_config()
     config.dataset.image_size = (args.size, args.size)
@@ -139,8 +139,7 @@ def run_ours(args) -> None:
             jax.block_until_ready(metrics)
 
         def inference():
-            variables = {"params": holder["state"].params, "frozen": holder["state"].frozen}
-            infer(variables, batch["image"]).block_until_ready()
+            infer(holder["state"].variables, batch["image"]).block_until_ready()
 
         device = jax.devices()[0]
 
@@ -170,6 +169,7 @@ def hf_config(config, num_classes: int):
 def run_theirs(args) -> None:
     import torch
     from transformers import MaskFormerForInstanceSegmentation
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     config = importlib.import_module(f"configs.{args.config}").get_config()
     num_classes = config.model.num_classes
@@ -179,8 +179,9 @@ def run_theirs(args) -> None:
     model = MaskFormerForInstanceSegmentation(hf_config(config, num_classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = synthetic_batch(args.batch, args.size, args.targets, num_classes)
-    mean = torch.tensor([123.675, 116.28, 103.53], device=device).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375], device=device).view(1, 3, 1, 1)
+    # Their image processor's normalisation (ImageNet statistics on a 0-1 scale), on the 0-255 batch.
+    mean = 255 * torch.tensor(IMAGENET_DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
+    std = 255 * torch.tensor(IMAGENET_DEFAULT_STD, device=device).view(1, 3, 1, 1)
     pixels = (torch.from_numpy(batch["image"]).to(device).permute(0, 3, 1, 2).float() - mean) / std
     masks = [torch.from_numpy(s[None] == np.arange(args.targets)[:, None, None]).float().to(device) for s in batch["segments"]]
     classes = [torch.from_numpy(labels).long().to(device) for labels in batch["labels"]]

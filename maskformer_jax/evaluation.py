@@ -14,7 +14,6 @@ import collections
 import json
 import math
 import pathlib
-import sys
 import time
 
 import jax
@@ -31,6 +30,7 @@ from maskformer_jax.data import transforms
 from maskformer_jax.data.pipeline import build_source, eval_pipeline
 from maskformer_jax.errors import ConfigError
 from maskformer_jax.models.conv import compiler_options
+from maskformer_jax.progress import Progress
 from maskformer_jax.predictions import PredictionWriter, coco_image_id, merge_panoptic_parts, write_json
 from maskformer_jax.resize import clamp_to_extent, downsample_valid, resize_bilinear, valid_extent
 from maskformer_jax.training.checkpoint import load_weights, with_shardings
@@ -339,9 +339,9 @@ class Evaluator(Predictor):
         statistics = np.zeros((self.num_classes, len(metrics.PQ_FIELDS)))
         records = {"images": [], "results": [], "annotations": []}
         dataset = eval_pipeline(self.config, self.source)
-        progress = _Progress(len(dataset), log)
+        progress = Progress(len(dataset), log=log)
 
-        programs = set()
+        programs, reported = set(), [0]  # a line every 10% of the images (every batch on a terminal)
 
         def run(group, bucket):
             nonlocal confusion, statistics
@@ -355,7 +355,6 @@ class Evaluator(Predictor):
             if not programs:
                 log(f"eval: first batch compiled and run in {time.time() - start:.1f} s")
             programs.add(key)
-            progress.programs = len(programs)
             confusion += result["confusion"]
             for i, example in enumerate(group):
                 if "contingency" in result:
@@ -369,7 +368,11 @@ class Evaluator(Predictor):
                     crop = (slice(0, example["height"]), slice(0, example["width"]))
                     panoptic = (result["segment_map"][i][crop], result["segment_classes"][i]) if "segment_map" in result else ()
                     writer.add(example["image_id"], result["semantic_map"][i][crop], *panoptic)
-            progress.update(len(group))
+            progress.advance(len(group))
+            if progress.done >= progress.total or progress.done - reported[0] >= max(progress.total // 10, 1) or progress.tty:
+                reported[0] = progress.done
+                progress.report(f"eval {progress.done}/{progress.total} images ({progress.rate(since_start=True):.1f} img/s, "
+                                f"{len(programs)} programs compiled)", keep=progress.done >= progress.total)
 
         group_size = 1 if self.config.eval.tta else self.batch_size
         pending = collections.defaultdict(list)
@@ -427,25 +430,3 @@ class Evaluator(Predictor):
         if jax.process_count() > 1:
             numbers = np.asarray(multihost_utils.broadcast_one_to_all(numbers))
         return dict(zip(summary, numbers[:len(summary)].tolist()), AP_per_class=numbers[len(summary):].tolist())
-
-
-class _Progress:
-    """"eval 120/2000 images (3.1 img/s)": a bar on a terminal, else a line every 10% (process 0)."""
-
-    def __init__(self, total: int, log):
-        self.total, self.done, self.log = total, 0, log
-        self.started, self.reported, self.programs = time.time(), 0, 0
-        self.active = jax.process_index() == 0
-        self.tty = self.active and log is print and sys.stdout.isatty()
-
-    def update(self, count: int):
-        self.done += count
-        if not self.active:
-            return
-        rate = self.done / max(time.time() - self.started, 1e-9)
-        line = f"eval {self.done}/{self.total} images ({rate:.1f} img/s, {self.programs} programs compiled)"
-        if self.tty:
-            print("\r" + line, end="\n" if self.done >= self.total else "", flush=True)
-        elif self.done >= self.total or self.done - self.reported >= max(self.total // 10, 1):
-            self.reported = self.done
-            self.log(line)

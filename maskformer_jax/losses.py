@@ -15,7 +15,7 @@ import optax
 from jax import lax
 
 from maskformer_jax.errors import ConfigError
-from maskformer_jax.matching import PAIRWISE_MASK_COSTS, SOLVERS, match, matching_cost
+from maskformer_jax.matching import PAIRWISE_MASK_COSTS, check_matching, match, matching_cost
 from maskformer_jax.resize import (bilinear_taps, clamp_to_extent, downsample_valid, resize_bilinear,
                                    sample_bilinear, valid_extent)
 
@@ -139,6 +139,11 @@ def mask_losses_at_points(mask_logits, segments, points, terms, extents=(None, N
     return {name: MASK_LOSSES[name](logits, targets) for name in terms}
 
 
+def loss_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The terms `set_loss` computes for `config.loss`: those of `weights` with a non-zero weight, in order."""
+    return tuple(name for name, weight in config.weights.items() if weight)
+
+
 def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_masks, config, rng=None, valid=None):
     """Unweighted loss terms of one decoder layer.
 
@@ -151,10 +156,10 @@ def layer_losses(class_logits, mask_logits, assignment, segments, labels, num_ma
     matched_class = jnp.take_along_axis(labels, jnp.maximum(assignment, 0), axis=1)
     target_classes = jnp.where(assignment >= 0, matched_class, no_object)
     losses = {}
-    if config.weights.get("class", 0):
+    if "class" in loss_terms(config):
         losses["class"] = class_loss(class_logits, target_classes, config.no_object_weight)
 
-    terms = [name for name, weight in config.weights.items() if name != "class" and weight]
+    terms = [name for name in loss_terms(config) if name != "class"]
     if terms:
         # The query matched to each target slot; padded slots take query 0 and are masked out below.
         is_match = assignment[:, :, None] == jnp.arange(num_targets)  # [B, Q, T]
@@ -187,13 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         unknown = sorted(set(loss[key]) - set(known) - {"class"})
         if unknown:
             raise ConfigError(f"config.loss.{key} has unknown terms {unknown}; known: class, {sorted(known)}")
-    if loss.matcher not in SOLVERS:
-        raise ConfigError(f"config.loss.matcher must be one of {sorted(SOLVERS)}, got {loss.matcher!r}")
-    if loss.max_targets > config.model.num_queries:
-        raise ConfigError(
-            f"config.loss.max_targets ({loss.max_targets}) exceeds config.model.num_queries "
-            f"({config.model.num_queries}): every target needs its own query"
-        )
+    check_matching(loss.matcher, loss.max_targets, config.model.num_queries)
     if loss.num_points < 0 or (loss.num_points and not (loss.oversample_ratio >= 1 and 0 <= loss.importance_sample_ratio <= 1)):
         raise ConfigError(
             "config.loss.num_points must be >= 0, with oversample_ratio >= 1 and importance_sample_ratio in [0, 1]"
@@ -214,8 +213,6 @@ def set_loss(outputs, batch, config: ml_collections.ConfigDict, rng=None, valid=
     """
     class_logits, mask_logits = outputs["class_logits"], outputs["mask_logits"]
     segments, labels = batch["segments"], batch["labels"]
-    if labels.shape[-1] > class_logits.shape[-2]:
-        raise ValueError(f"{labels.shape[-1]} target slots exceed {class_logits.shape[-2]} queries")
     if config.num_points > 0 and rng is None:
         raise ValueError("a point-sampled loss (config.loss.num_points > 0) needs an rng")
     cost = matching_cost(class_logits, mask_logits, segments, labels, dict(config.cost_weights), valid)

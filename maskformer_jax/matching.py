@@ -9,12 +9,15 @@ Under a mesh with a "data" axis, `match` runs the solver in `jax.shard_map`, so 
 own shard of the batch (a bare callback would run once, on one device, for the global batch).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 from jax.sharding import PartitionSpec
 
+from maskformer_jax.errors import ConfigError
 from maskformer_jax.resize import downsample_valid, resize_nearest_legacy
 
 # Non-finite costs (a diverged model) become this: large enough to lose against any real pair,
@@ -97,6 +100,34 @@ def matching_cost(class_logits, mask_logits, segments, labels, weights, valid=No
     return jax.lax.map(layer_cost, (class_logits, mask_logits))
 
 
+class _Search(NamedTuple):
+    """One Dijkstra search from a new target row over the queries."""
+    row: jax.Array  # int32: the row whose reduced costs are scanned next
+    lowest: jax.Array  # float: the shortest path length found last
+    sink: jax.Array  # int32: the free query the search ended at, -1 while searching
+    shortest: jax.Array  # [Q] shortest path length to each query
+    path: jax.Array  # int32 [Q] the row each query is reached from
+    seen_rows: jax.Array  # bool [T]
+    seen_cols: jax.Array  # bool [Q]
+
+
+class _Assignment(NamedTuple):
+    """The solver's state between rows."""
+    rows_added: jax.Array  # int32
+    u: jax.Array  # [T] row potentials
+    v: jax.Array  # [Q] column potentials
+    query_of: jax.Array  # int32 [T] (-1: none)
+    target_of: jax.Array  # int32 [Q] (-1: none)
+
+
+class _Flip(NamedTuple):
+    """Walking the augmenting path back from the sink."""
+    query: jax.Array  # int32
+    query_of: jax.Array
+    target_of: jax.Array
+    done: jax.Array  # bool
+
+
 def _assign_one(cost, valid):
     """Exact min-cost assignment of the valid targets of one matrix. cost [Q, T], valid [T] → [Q] int32.
 
@@ -107,58 +138,53 @@ def _assign_one(cost, valid):
     """
     cost = cost.T  # [T, Q]
     num_targets, num_queries = cost.shape
-    inf = jnp.full_like(cost[0], jnp.inf)
     no_query = jnp.full_like(valid, -1, dtype=jnp.int32)  # [T]
     no_target = jnp.full_like(cost[0], -1, dtype=jnp.int32)  # [Q]
     rows = jnp.argsort(~valid, stable=True)  # valid targets first
     num_rows = valid.sum()
 
-    def add_row(state):
-        k, u, v, query_of, target_of = state
-        row = rows[k]
+    def add_row(state: _Assignment) -> _Assignment:
+        u, v, target_of = state.u, state.v, state.target_of
+        row = rows[state.rows_added]
 
-        def search_step(search):
-            i, _, _, shortest, path, seen_rows, seen_cols = search
-            seen_rows = seen_rows.at[i].set(True)
-            reduced = search[1] + cost[i] - u[i] - v
-            better = ~seen_cols & (reduced < shortest)
-            path = jnp.where(better, i, path)
-            shortest = jnp.where(better, reduced, shortest)
-            candidates = jnp.where(seen_cols, jnp.inf, shortest)
+        def search_step(search: _Search) -> _Search:
+            i = search.row
+            seen_rows = search.seen_rows.at[i].set(True)
+            reduced = search.lowest + cost[i] - u[i] - v
+            better = ~search.seen_cols & (reduced < search.shortest)
+            path = jnp.where(better, i, search.path)
+            shortest = jnp.where(better, reduced, search.shortest)
+            candidates = jnp.where(search.seen_cols, jnp.inf, shortest)
             lowest = candidates.min()
             ties = candidates == lowest
             free = ties & (target_of < 0)  # among equal paths, prefer one that ends here
             j = jnp.where(free.any(), jnp.argmax(free), jnp.argmax(ties))
-            seen_cols = seen_cols.at[j].set(True)
+            seen_cols = search.seen_cols.at[j].set(True)
             sink = jnp.where(target_of[j] < 0, j, -1)
-            return jnp.where(sink < 0, target_of[j], i), lowest, sink, shortest, path, seen_rows, seen_cols
+            return _Search(jnp.where(sink < 0, target_of[j], i), lowest, sink, shortest, path, seen_rows, seen_cols)
 
-        search = (row, jnp.zeros_like(u[0]), no_target[0], inf, no_target, no_query < -1, no_target < -1)
-        search = search_step(search)
-        search = jax.lax.while_loop(lambda s: s[2] < 0, search_step, search)
-        _, lowest, sink, shortest, path, seen_rows, seen_cols = search
+        search = _Search(row=row, lowest=jnp.zeros_like(u[0]), sink=no_target[0], shortest=jnp.full_like(v, jnp.inf),
+                         path=no_target, seen_rows=jnp.zeros_like(valid), seen_cols=jnp.zeros_like(no_target, bool))
+        search = jax.lax.while_loop(lambda s: s.sink < 0, search_step, search_step(search))
 
         # Update the potentials so that reduced costs stay non-negative.
-        shortest_of_row = shortest[jnp.maximum(query_of, 0)]
-        u = u + jnp.where(seen_rows & (jnp.arange(num_targets) != row), lowest - shortest_of_row, 0)
-        u = u.at[row].add(lowest)
-        v = v - jnp.where(seen_cols, lowest - shortest, 0)
+        shortest_of_row = search.shortest[jnp.maximum(state.query_of, 0)]
+        u = u + jnp.where(search.seen_rows & (jnp.arange(num_targets) != row), search.lowest - shortest_of_row, 0)
+        u = u.at[row].add(search.lowest)
+        v = v - jnp.where(search.seen_cols, search.lowest - search.shortest, 0)
 
         # Flip the assignments along the path from the free query back to the new row.
-        def flip(augment):
-            j, query_of, target_of, _ = augment
-            i = path[j]
-            target_of = target_of.at[j].set(i)
-            previous = query_of[i]
-            query_of = query_of.at[i].set(j)
-            return previous, query_of, target_of, i == row
+        def flip(walk: _Flip) -> _Flip:
+            i = search.path[walk.query]
+            previous = walk.query_of[i]
+            return _Flip(previous, walk.query_of.at[i].set(walk.query), walk.target_of.at[walk.query].set(i), i == row)
 
-        augment = jax.lax.while_loop(lambda a: ~a[3], flip, (sink, query_of, target_of, jnp.zeros_like(valid[0])))
-        return k + 1, u, v, augment[1], augment[2]
+        walk = _Flip(search.sink, state.query_of, target_of, jnp.zeros_like(valid[0]))
+        walk = jax.lax.while_loop(lambda w: ~w.done, flip, walk)
+        return _Assignment(state.rows_added + 1, u, v, walk.query_of, walk.target_of)
 
-    state = (jnp.zeros_like(num_rows), jnp.zeros_like(cost[:, 0]), jnp.zeros_like(cost[0]), no_query, no_target)
-    state = jax.lax.while_loop(lambda s: s[0] < num_rows, add_row, state)
-    return state[4]
+    state = _Assignment(jnp.zeros_like(num_rows), jnp.zeros_like(cost[:, 0]), jnp.zeros_like(cost[0]), no_query, no_target)
+    return jax.lax.while_loop(lambda s: s.rows_added < num_rows, add_row, state).target_of
 
 
 def solve_jax(cost, valid):
@@ -193,16 +219,22 @@ def solve_scipy(cost, valid):
 SOLVERS = {"jax": solve_jax, "scipy": solve_scipy}
 
 
+def check_matching(solver: str, num_targets: int, num_queries: int) -> None:
+    """The matchers' contract: a known solver and a query for every target slot (ConfigError)."""
+    if solver not in SOLVERS:
+        raise ConfigError(f"config.loss.matcher must be one of {sorted(SOLVERS)}, got {solver!r}")
+    if num_targets > num_queries:
+        raise ConfigError(f"config.loss.max_targets ({num_targets}) exceeds config.model.num_queries ({num_queries}): "
+                          "every target needs its own query")
+
+
 def match(cost, valid, solver: str = "jax"):
     """Min-cost one-to-one assignment of valid targets to queries.
 
     cost: [..., B, Q, T] (leading axes, e.g. decoder layers, are solved independently); valid: [B, T]
     bool. Returns [..., B, Q] int32: the target index of each query, -1 where unmatched.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown matcher {solver!r}; choose one of {sorted(SOLVERS)}")
-    if cost.shape[-1] > cost.shape[-2]:
-        raise ValueError(f"{cost.shape[-1]} targets exceed {cost.shape[-2]} queries; lower max_targets")
+    check_matching(solver, cost.shape[-1], cost.shape[-2])
     cost = jax.lax.stop_gradient(cost.astype(jnp.float32))
     cost = jnp.nan_to_num(cost, nan=NON_FINITE_COST, posinf=NON_FINITE_COST, neginf=NON_FINITE_COST)
     solve = SOLVERS[solver]

@@ -15,12 +15,7 @@ import ml_collections
 from absl import flags
 
 from maskformer_jax import cli
-from maskformer_jax.models import build_model
-
-def abstract_variables(model_config: ml_collections.ConfigDict):
-    """Shapes and dtypes of the model's variables, without allocating them."""
-    model = build_model(model_config)
-    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
+from maskformer_jax.models import abstract_variables, build_model
 
 
 def parameter_counts(variables, depth: int = 1) -> dict[str, int]:

@@ -18,7 +18,6 @@ from maskformer_jax import cli
 from maskformer_jax.data.check import check
 from maskformer_jax.data.metadata import dataset_metadata
 from maskformer_jax.data.pipeline import build_source
-from maskformer_jax.errors import DataError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

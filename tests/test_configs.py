@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from maskformer_jax.models import build_model
-from maskformer_jax.summary import abstract_variables, forward_flops, format_summary, parameter_counts
+from maskformer_jax.models import abstract_variables, build_model
+from maskformer_jax.summary import forward_flops, format_summary, parameter_counts
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
 PAPER_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py")

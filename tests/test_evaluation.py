@@ -145,7 +145,7 @@ def test_sliding_window_averages_the_windows(checkpoint):
     scores = np.asarray(jax.jit(evaluator._sliding_window)(variables, images, sizes))
     assert window_offsets(96, 64, 32) == [0, 32]
     from maskformer_jax.inference import semantic_scores
-    from maskformer_jax.training.step import normalize
+    from maskformer_jax.models import normalize
 
     total, count = np.zeros((7, 96, 96)), np.zeros((96, 96))
     apply = jax.jit(model.apply)

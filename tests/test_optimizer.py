@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 from configs import ade20k_r50, ade20k_swin_t, coco_panoptic_r50
-from maskformer_jax.summary import abstract_variables
+from maskformer_jax.models import abstract_variables
 from maskformer_jax.training.optimizer import (build_optimizer, learning_rate_schedule, optimizer_metrics,
                                                parameter_groups, weight_decay_mask)
 

@@ -132,6 +132,22 @@ def test_non_finite_gradients_stop_training_after_the_configured_count(tmp_path,
         train_script.train_and_evaluate(config, tmp_path)
 
 
+def test_console_shows_the_loss_terms_of_the_config(tmp_path, capsys):
+    """A term switched on in config.loss.weights is logged with the others, as the loss lists them."""
+    config = tiny.get_config()
+    config.batch_size, config.num_steps, config.log_every, config.eval_every = 2, 1, 1, 0
+    config.loss.weights = {"class": 1.0, "focal": 20.0, "dice": 1.0, "bce": 2.0}
+    import train as train_script
+
+    result = train_script.train_and_evaluate(config, tmp_path)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("step 1/1"))
+    terms = line.split("(")[1].split(")")[0].split()
+    from maskformer_jax.losses import loss_terms
+
+    assert terms[::2] == list(loss_terms(config.loss)) and sorted(terms[::2]) == ["bce", "class", "dice", "focal"]
+    assert float(terms[-1]) == pytest.approx(result["loss_bce"], abs=1e-3)
+
+
 def test_one_step_on_eight_devices_equals_one_device():
     result = subprocess.run([sys.executable, str(ROOT / "tests/multidevice_step.py")], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)

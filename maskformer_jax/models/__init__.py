@@ -1,5 +1,6 @@
 """MaskFormer model: `build_model(config.model)` returns a Flax Linen module."""
 
-from maskformer_jax.models.maskformer import MaskFormer, build_model
+from maskformer_jax.models.maskformer import (COLLECTIONS, MaskFormer, abstract_variables, build_model, init_variables,
+                                              normalize)
 
-__all__ = ["MaskFormer", "build_model"]
+__all__ = ["COLLECTIONS", "MaskFormer", "abstract_variables", "build_model", "init_variables", "normalize"]

@@ -1,5 +1,6 @@
 """MaskFormer: backbone → pixel decoder → query decoder → class and mask heads."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -19,6 +20,29 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # is the backend's fast choice (TF32 or bfloat16 passes for float32 on GPUs and TPUs), "highest" full
 # float32 (CPUs always compute float32 fully); "bfloat16", "tensorfloat32", "float32" name the passes.
 PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+# The model's variable collections: trained parameters, and frozen BatchNorm statistics (never updated).
+COLLECTIONS = ("params", "frozen")
+PIXEL_MEAN = (123.675, 116.280, 103.530)  # docs/reference.md §1, RGB on a 0-255 scale
+PIXEL_STD = (58.395, 57.120, 57.375)
+
+
+def normalize(images, valid=None):
+    """The model's input: uint8 [B, H, W, 3] → float32 normalised with the reference's mean and std;
+    with valid bool [B, H, W], 0 outside it (detectron2 pads after normalising)."""
+    images = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
+    return images if valid is None else jnp.where(valid[..., None], images, 0.0)
+
+
+def init_variables(model: nn.Module, rng, image_size=(64, 64)) -> dict:
+    """{"params", "frozen"} (COLLECTIONS) of `model`, initialised on one zero image of `image_size` (H, W).
+    rng: a typed key or a raw uint32 [2] one (`jax.random.PRNGKey`)."""
+    variables = model.init(rng, jnp.zeros((1, *image_size, 3), jnp.float32))
+    return {name: variables.get(name, {}) for name in COLLECTIONS}
+
+
+def abstract_variables(model_config: ml_collections.ConfigDict) -> dict:
+    """Shapes and dtypes (jax.ShapeDtypeStruct) of `build_model(model_config)`'s variables, without computing them."""
+    return jax.eval_shape(functools.partial(init_variables, build_model(model_config)), jax.random.key(0))
 
 
 def torch_linear(features: int, fan_in: int, dtype, name: str) -> nn.Dense:
@@ -49,7 +73,7 @@ class MaskEmbedding(nn.Module):
 
 
 class MaskFormer(nn.Module):
-    """Images [B, H, W, 3] float32, normalised with the reference's mean/std (docs/reference.md §1), H and W multiples of 32, and
+    """Images [B, H, W, 3] float32 (`normalize`d), H and W multiples of 32, and
     optionally valid bool [B, H, W] (True on image pixels; padding, at the bottom and right, then
     gets no attention and no share of the position encoding) → dict of
     class_logits [L, B, Q, K+1] float32 (index K = "no object"),

@@ -9,6 +9,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from maskformer_jax.models import init_variables
+
 # FSDP shards arrays with at least this many elements along one axis divisible by the data axis.
 FSDP_MIN_SIZE = 2**18
 
@@ -21,6 +23,11 @@ class TrainState:
     opt_state: optax.OptState
     rng: jax.Array  # uint32 [2] base key; each step folds in its step number
 
+    @property
+    def variables(self) -> dict:
+        """The model's variables (models.COLLECTIONS), as `model.apply` takes them."""
+        return {"params": self.params, "frozen": self.frozen}
+
 
 def create_train_state(config: ml_collections.ConfigDict, model, optimizer, rng) -> TrainState:
     """Initialise parameters at the config's image size (batch 1) and the optimizer state.
@@ -28,16 +35,9 @@ def create_train_state(config: ml_collections.ConfigDict, model, optimizer, rng)
     rng: a uint32 [2] key (`jax.random.PRNGKey(seed)`), which checkpoints store as a plain array.
     """
     init_rng, state_rng = jax.random.split(rng)
-    images = jnp.zeros((1, *config.dataset.image_size, 3), jnp.float32)
-    variables = model.init(init_rng, images)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        frozen=variables.get("frozen", {}),
-        opt_state=optimizer.init(params),
-        rng=state_rng,
-    )
+    variables = init_variables(model, init_rng, config.dataset.image_size)
+    return TrainState(step=jnp.zeros((), jnp.int32), opt_state=optimizer.init(variables["params"]), rng=state_rng,
+                      **variables)
 
 
 def init_train_state(create, sharding) -> TrainState:

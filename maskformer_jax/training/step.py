@@ -1,7 +1,6 @@
 """One jitted training step over the device mesh: forward, matching, loss, gradients, update."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -10,20 +9,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from maskformer_jax.data.pipeline import BATCH_KEYS
 from maskformer_jax.data.transforms import padding_absent
 from maskformer_jax.losses import set_loss
+from maskformer_jax.models import normalize
 from maskformer_jax.models.conv import compiler_options
 from maskformer_jax.training.optimizer import optimizer_metrics
 from maskformer_jax.training.state import TrainState
-
-PIXEL_MEAN = (123.675, 116.280, 103.530)  # docs/reference.md §1, RGB on a 0-255 scale
-PIXEL_STD = (58.395, 57.120, 57.375)
-
-
-def normalize(images, valid=None):
-    """uint8 [B, H, W, 3] → float32 normalised with the reference's mean and std; with valid bool
-    [B, H, W], 0 outside it (detectron2 pads after normalising)."""
-    images = (images.astype(jnp.float32) - jnp.asarray(PIXEL_MEAN)) / jnp.asarray(PIXEL_STD)
-    return images if valid is None else jnp.where(valid[..., None], images, 0.0)
-
 
 def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
     """(state, batch) → (state, metrics); batch holds image, valid, segments, labels (BATCH_KEYS).
@@ -45,9 +34,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, optimizer):
         images = normalize(batch["image"], valid)
 
         def loss_fn(params):
-            outputs = model.apply(
-                {"params": params, "frozen": state.frozen}, images, valid, train=True, rngs={"dropout": dropout_rng}
-            )
+            outputs = model.apply(dict(state.variables, params=params), images, valid, train=True,
+                                  rngs={"dropout": dropout_rng})
             return set_loss(outputs, batch, config.loss, loss_rng, valid)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

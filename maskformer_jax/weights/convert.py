@@ -16,13 +16,12 @@ import pathlib
 import pickle
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from maskformer_jax.models import build_model
+from maskformer_jax.models import build_model, init_variables
 from maskformer_jax.predictions import write_json
 from maskformer_jax.weights.detectron2 import read_pickle, variables_from_detectron2
 from maskformer_jax.weights.hf import variables_from_hf
@@ -68,8 +67,7 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
 
 def fresh_variables(model_config: ml_collections.ConfigDict, seed: int = 0) -> dict:
     """Freshly initialised {"params", "frozen"} as numpy arrays."""
-    variables = jax.jit(build_model(model_config).init)(jax.random.PRNGKey(seed), jnp.zeros((1, 64, 64, 3)))
-    return jax.device_get({"params": variables["params"], "frozen": variables.get("frozen", {})})
+    return jax.device_get(jax.jit(init_variables, static_argnums=0)(build_model(model_config), jax.random.PRNGKey(seed)))
 
 
 def convert(source: str, state_dict: dict, model_config: ml_collections.ConfigDict, seed: int = 0) -> dict:

@@ -18,7 +18,7 @@ from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm,
                                           linear, norm, same, to_numpy)
 
 # Buffers that no Flax variable needs: BatchNorm counters, Swin's derived index and mask tables, the
-# loss's class weights and the input normalisation (ours lives in the data pipeline).
+# loss's class weights and the input normalisation (ours is models.normalize).
 SKIPPED_SUFFIXES = ("num_batches_tracked", "relative_position_index", "attn_mask")
 SKIPPED_NAMES = ("criterion.empty_weight", "pixel_mean", "pixel_std")
 PIXEL_DECODER_PREFIX = "sem_seg_head.pixel_decoder."

@@ -5,13 +5,11 @@ not deliberately skipped), or has the wrong shape, or when the class count diffe
 
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from maskformer_jax.models import build_model
+from maskformer_jax.models import abstract_variables
 
 BATCH_NORM_EPSILON = 1e-5
 
@@ -76,9 +74,7 @@ def conv_frozen_bn(path, conv_prefix, norm_prefix):
 
 def variable_shapes(model_config: ml_collections.ConfigDict) -> dict:
     """{path tuple: shape} of every variable of `build_model(model_config)`, without computing them."""
-    model = build_model(model_config)
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
-    return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(abstract).items()}
+    return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(abstract_variables(model_config)).items()}
 
 
 def to_numpy(tensor) -> np.ndarray:
