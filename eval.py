@@ -18,7 +18,7 @@ from maskformer_jax import cli
 from maskformer_jax.errors import ConfigError
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
-from maskformer_jax.predictions import write_json
+from maskformer_jax.files import write_json
 from maskformer_jax.training.checkpoint import checkpoint_folder
 
 
@@ -45,7 +45,7 @@ def evaluate_checkpoint(config, workdir, checkpoint=None) -> dict:
     model = build_model(config.model)
     evaluator = Evaluator(config, model)
     folder = checkpoint_folder(checkpoint or workdir)
-    variables = evaluator.load(folder)
+    variables = evaluator.predictor.load(folder)
     if jax.process_index() == 0:
         print(f"evaluating {folder} on {config.dataset.name} {config.eval.split} ({config.inference.task})", flush=True)
     split = config.eval.split

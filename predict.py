@@ -22,7 +22,7 @@ from maskformer_jax.data.sources import IMAGE_SUFFIXES, read_image
 from maskformer_jax.errors import ConfigError
 from maskformer_jax.evaluation import Predictor
 from maskformer_jax.models import build_model
-from maskformer_jax.predictions import write_png
+from maskformer_jax.files import write_png
 
 # Instances drawn in the pictures: score above this, and at least this share of the image visible.
 INSTANCE_SCORE_THRESHOLD, INSTANCE_MIN_AREA = 0.5, 0.002

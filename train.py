@@ -23,11 +23,12 @@ from maskformer_jax.data.pipeline import train_pipeline
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
 from maskformer_jax.losses import loss_terms
-from maskformer_jax.predictions import write_text
+from maskformer_jax.files import write_text
 from maskformer_jax.progress import Progress
 from maskformer_jax.training.checkpoint import Checkpointer, init_weights, with_shardings
 from maskformer_jax.training.optimizer import build_optimizer
-from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
+from maskformer_jax.devices import make_mesh
+from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
 from maskformer_jax.training.step import global_batch, jit_train_step
 
 DEMO_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "demo.py"

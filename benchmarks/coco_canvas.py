@@ -53,7 +53,8 @@ def main():
     from maskformer_jax.data.transforms import training_canvases
     from maskformer_jax.models import build_model
     from maskformer_jax.training.optimizer import build_optimizer
-    from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
+    from maskformer_jax.devices import make_mesh
+    from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
     from maskformer_jax.training.step import global_batch, jit_train_step
 
     image = tuple(args.image)

@@ -101,11 +101,12 @@ def run_ours(args) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
-    from maskformer_jax.inference import semantic_scores
+    from maskformer_jax.postprocessing import semantic_scores
     from maskformer_jax.models import build_model, normalize
-    from maskformer_jax.models.conv import compiler_options
+    from maskformer_jax.devices import compiler_options
     from maskformer_jax.training.optimizer import build_optimizer
-    from maskformer_jax.training.state import create_train_state, init_train_state, make_mesh, state_sharding
+    from maskformer_jax.devices import make_mesh
+    from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
     from maskformer_jax.training.step import global_batch, jit_train_step
 
     config = importlib.import_module(f"configs.{args.config}").get_config()

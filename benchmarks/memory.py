@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compare import synthetic_batch  # noqa: E402
 from maskformer_jax.models import build_model  # noqa: E402
 from maskformer_jax.training.optimizer import build_optimizer  # noqa: E402
-from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding  # noqa: E402
+from maskformer_jax.devices import make_mesh
+from maskformer_jax.training.state import create_train_state, state_sharding  # noqa: E402
 from maskformer_jax.training.step import jit_train_step  # noqa: E402
 
 

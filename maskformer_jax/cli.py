@@ -131,7 +131,7 @@ def check_config(config: ml_collections.ConfigDict, training: bool):
     or file is written: the model, loss, optimizer and inference keys, the batch against the
     devices, the dataset's root and its class count. A config.model.num_classes of 0 is set to the
     dataset's class count (a semantic_folder's classes.txt)."""
-    from maskformer_jax import evaluation, losses  # the model stack is imported when a command runs
+    from maskformer_jax import losses, predictor  # the model stack is imported when a command runs
     from maskformer_jax.data import pipeline, transforms
     from maskformer_jax.data.metadata import dataset_metadata
     from maskformer_jax.models import build_model
@@ -158,7 +158,7 @@ def check_config(config: ml_collections.ConfigDict, training: bool):
                               f"data has {count} classes; pass --config.model.num_classes={count} (or 0 to take "
                               "the dataset's count)")
     build_model(config.model)
-    evaluation.validate(config)
+    predictor.validate(config)
     if training:
         losses.validate(config)
         build_optimizer(config)

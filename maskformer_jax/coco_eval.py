@@ -31,7 +31,7 @@ def encode(masks) -> list[dict]:
 
 
 def prediction_records(image_id, scores, classes, masks, kept, category_ids) -> list[dict]:
-    """COCO results of one image from `inference.instance_inference` (scores [k], classes int [k],
+    """COCO results of one image from `postprocessing.instance_inference` (scores [k], classes int [k],
     masks bool [k, H, W] at the image's size, kept bool [k]): the kept instances, dataset category ids."""
     kept = np.flatnonzero(np.asarray(kept))
     return [{"image_id": image_id, "category_id": int(category_ids[classes[i]]), "segmentation": rle,

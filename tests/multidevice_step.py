@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from configs import tiny  # noqa: E402
 from maskformer_jax.data.pipeline import train_pipeline  # noqa: E402
 from maskformer_jax.models import build_model  # noqa: E402
+from maskformer_jax import devices as devices_lib  # noqa: E402
 from maskformer_jax.training import state as state_lib  # noqa: E402
 from maskformer_jax.training.optimizer import build_optimizer  # noqa: E402
 from maskformer_jax.training.step import global_batch, jit_train_step  # noqa: E402
@@ -28,7 +29,7 @@ batch = next(iter(train_pipeline(config, process_index=0, process_count=1)))
 
 
 def one_step(devices, fsdp):
-    mesh = state_lib.make_mesh(devices)
+    mesh = devices_lib.make_mesh(devices)
     create = lambda: state_lib.create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     sharding = state_lib.state_sharding(jax.eval_shape(create), mesh, fsdp)
     state = jax.jit(create, out_shardings=sharding)()

@@ -280,7 +280,8 @@ def test_full_size_train_step_shapes(name):
     from benchmarks.compare import synthetic_batch
     from maskformer_jax.models import build_model
     from maskformer_jax.training.optimizer import build_optimizer
-    from maskformer_jax.training.state import create_train_state, make_mesh, state_sharding
+    from maskformer_jax.devices import make_mesh
+    from maskformer_jax.training.state import create_train_state, state_sharding
     from maskformer_jax.training.step import jit_train_step
 
     config = importlib.import_module(f"configs.{name}").get_config()

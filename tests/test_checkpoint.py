@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from maskformer_jax.training.checkpoint import Checkpointer, init_weights, load_weights, with_shardings
-from maskformer_jax.training.state import TrainState, make_mesh, state_sharding
+from maskformer_jax.devices import make_mesh
+from maskformer_jax.training.state import TrainState, state_sharding
 
 
 def small_state(value):

@@ -145,7 +145,8 @@ def test_the_instance_task_needs_instance_ground_truth(tmp_path):
     """Cityscapes' semantic labels name thing classes but not their instances: refused, as is an
     instances JSON that is not there."""
     from maskformer_jax.errors import ConfigError
-    from maskformer_jax.evaluation import Evaluator, validate
+    from maskformer_jax.evaluation import Evaluator
+    from maskformer_jax.predictor import validate
     from maskformer_jax.models import build_model
     from tests.test_benchmark_datasets import dataset_config, write_cityscapes
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from maskformer_jax.models import conv
-from maskformer_jax.models.conv import Conv, compiler_options, conv_general_dilated
+from maskformer_jax import devices
+from maskformer_jax.devices import compiler_options
+from maskformer_jax.models.conv import Conv, conv_general_dilated
 
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 
@@ -83,9 +84,9 @@ def test_compiler_options_defer_to_xla_flags_and_to_an_xla_without_the_option(mo
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
     assert compiler_options() == {}
     monkeypatch.delenv("XLA_FLAGS")
-    monkeypatch.setattr(conv, "_CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
-    conv._cpu_options_known.cache_clear()
+    monkeypatch.setattr(devices, "_CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
+    devices._cpu_options_known.cache_clear()
     try:
         assert compiler_options() == {}
     finally:
-        conv._cpu_options_known.cache_clear()
+        devices._cpu_options_known.cache_clear()

@@ -15,7 +15,8 @@ from configs import tiny
 from maskformer_jax import metrics
 from maskformer_jax.data import transforms
 from maskformer_jax.data.synthetic import SyntheticSource
-from maskformer_jax.evaluation import Evaluator, window_offsets
+from maskformer_jax.evaluation import Evaluator
+from maskformer_jax.predictor import window_offsets
 from maskformer_jax.models import build_model
 
 NUM_EXAMPLES = 6
@@ -126,8 +127,9 @@ def test_flip_augmentation_makes_scores_mirror_symmetric(checkpoint):
         config.eval.update(tta=True, tta_sizes=(64,), tta_max_size=256, tta_flip=flip)
         evaluator = Evaluator(config, model, SyntheticSource(1, (80, 96), seed=1))
         views = transforms.evaluation(example, config.eval.tta_sizes, config.eval.tta_max_size)
-        with jax.set_mesh(evaluator.mesh):
-            out = evaluator.augmented_scores(evaluator.variables_here(variables), views, (128, 128))
+        predictor = evaluator.predictor
+        with jax.set_mesh(predictor.mesh):
+            out = predictor.augmented_scores(predictor.variables_here(variables), views, (128, 128))
         return np.asarray(out)[0, :, :80, :96]
 
     np.testing.assert_allclose(scores(example, True), scores(mirrored, True)[:, :, ::-1], atol=1e-5)
@@ -142,9 +144,9 @@ def test_sliding_window_averages_the_windows(checkpoint):
     evaluator = Evaluator(config, model, SyntheticSource(1, (96, 96), seed=1))
     images = np.random.default_rng(0).integers(0, 255, size=(1, 96, 96, 3), dtype=np.uint8)
     sizes = np.array([[96, 96]])
-    scores = np.asarray(jax.jit(evaluator._sliding_window)(variables, images, sizes))
+    scores = np.asarray(jax.jit(evaluator.predictor._sliding_window)(variables, images, sizes))
     assert window_offsets(96, 64, 32) == [0, 32]
-    from maskformer_jax.inference import semantic_scores
+    from maskformer_jax.postprocessing import semantic_scores
     from maskformer_jax.models import normalize
 
     total, count = np.zeros((7, 96, 96)), np.zeros((96, 96))
@@ -177,7 +179,7 @@ def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path, 
     shared = [pathlib.Path("a.jpg"), pathlib.Path("a.png"), pathlib.Path("x/b.png"), pathlib.Path("y/b.png")]
     assert predict.picture_names(shared) == ["a_jpg.png", "a_png.png", "b_png_2.png", "b_png_3.png"]
     model = build_model(config.model)
-    from maskformer_jax.evaluation import Predictor
+    from maskformer_jax.predictor import Predictor
     from maskformer_jax.data.metadata import dataset_metadata
 
     predictor = Predictor(config, model, dataset_metadata(config.dataset))
@@ -197,7 +199,7 @@ def test_predict_writes_pictures_in_the_predicted_colours(checkpoint, tmp_path, 
 def test_instance_prediction_at_the_image_size(checkpoint):
     _, variables = checkpoint
     from maskformer_jax.data.metadata import dataset_metadata
-    from maskformer_jax.evaluation import Predictor
+    from maskformer_jax.predictor import Predictor
 
     config = tiny.get_config()
     config.inference.update(task="instance", top_k=5)

@@ -1,6 +1,6 @@
 """COCO panoptic category table: size, thing/stuff split, id order and known entries."""
 
-from maskformer_jax.data.metadata import COCO_PANOPTIC_CATEGORIES as CATS
+from maskformer_jax.data.classes import COCO_PANOPTIC_CATEGORIES as CATS
 
 
 def test_counts():
@@ -39,7 +39,8 @@ def test_anchors():
 
 def test_dataset_palettes():
     from configs import tiny
-    from maskformer_jax.data.metadata import ADE20K_COLORS, dataset_metadata
+    from maskformer_jax.data.classes import ADE20K_COLORS
+    from maskformer_jax.data.metadata import dataset_metadata
 
     config = tiny.get_config()
     assert len(ADE20K_COLORS) == 150 and len(set(ADE20K_COLORS)) == 149  # the benchmark palette repeats one colour

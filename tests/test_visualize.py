@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from maskformer_jax import visualize
-from maskformer_jax.data.sources import ADE20K_CLASS_NAMES
+from maskformer_jax.data.classes import ADE20K_CLASS_NAMES
 
 NAMES = ["sky", "grass", "wall", "water", "disc", "box", "a rather long class name"]
 

@@ -156,27 +156,6 @@ class SemanticFolderSource:
         }
 
 
-# ADE20K-150 (SceneParsing ADEChallengeData2016, objectInfo150.csv) in label order 1..150, i.e. class 0..149
-# after reduce_zero_label; the first synonym of each entry, as detectron2 names them.
-ADE20K_CLASS_NAMES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
-    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
-    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
-    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
-    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
-    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)
-
 ADE20K_SPLITS = {"train": "training", "validation": "validation"}
 
 
@@ -190,7 +169,7 @@ def ade20k_source(root, split: str, strict: bool = True) -> SemanticFolderSource
         raise DataError(f"ADE20K split must be one of {sorted(ADE20K_SPLITS)}, got {split!r}")
     return SemanticFolderSource(
         folder, ADE20K_SPLITS[split], ignore_label=255, reduce_zero_label=True, image_dir="images",
-        label_dir="annotations", class_names=ADE20K_CLASS_NAMES, strict=strict,
+        label_dir="annotations", class_names=classes.ADE20K_CLASS_NAMES, strict=strict,
     )
 
 

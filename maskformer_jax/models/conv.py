@@ -3,7 +3,7 @@
 XLA's CPU backend computes a convolution's kernel gradient as another convolution whose window is the
 whole feature map. In YNNPACK (its default) that was 5x slower than the forward pass for the pixel
 decoder's 3x3 convolutions (256 channels at stride 4) and 5-9x slower than the same product written
-as a matmul for 1x1 convolutions at large resolutions; in XLA's own kernels (`compiler_options()`)
+as a matmul for 1x1 convolutions at large resolutions; in XLA's own kernels (`devices.compiler_options()`)
 it is about as fast as the matmuls for stride-1 3x3 convolutions and 1.4-2.5x slower for 1x1 and
 strided ones. Here the kernel gradient is one matmul per kernel tap of the
 shifted input with the output gradient (no [B, h, w, kh·kw·C] patch tensor); the forward pass and
@@ -13,13 +13,9 @@ on GPU), which the numbers above do not speak for.
 
 Pass it to Flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`. Only the NHWC/HWIO,
 undilated, ungrouped case is rewritten; anything else goes to `lax.conv_general_dilated` unchanged.
-
-`compiler_options()` is for the jitted steps that run these convolutions: on CPU it keeps them out of
-YNNPACK, whose convolutions are slower than XLA's own here.
 """
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -115,32 +111,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 # `nn.Conv` with the matmul kernel gradient; parameters and outputs are nn.Conv's.
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
-
-
-# XLA's CPU backend hands dots, reductions and convolutions to YNNPACK by default. On the 2-core x86
-# machine of README's Performance section its convolutions are slower than XLA's own (Eigen): a 3x3
-# 256→256 convolution at 128² takes 111 vs 78 ms; at 512², the ResNet-50 train step 3.59 vs 3.27 s and
-# its inference 1.20 vs 1.00 s (medians of interleaved runs). Dots and reductions stay with YNNPACK,
-# which makes the Swin-T train step faster (2.16 s with them, 2.68 s without).
-_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-_CPU_OPTIONS = {_YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
-
-
-@functools.cache
-def _cpu_options_known() -> bool:
-    try:
-        jax.jit(lambda x: x).lower(0.0).compile(_CPU_OPTIONS)
-    except jax.errors.JaxRuntimeError:  # an XLA without this option, or without these values
-        return False
-    return True
-
-
-def compiler_options() -> dict:
-    """XLA options for a jitted step of these models: `jax.jit(f, compiler_options=compiler_options())`.
-
-    On CPU, convolutions go to XLA's own kernels instead of YNNPACK. Empty on other backends, when
-    XLA_FLAGS sets the option itself, and on an XLA that does not know it.
-    """
-    if jax.default_backend() != "cpu" or _YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
-        return {}
-    return dict(_CPU_OPTIONS) if _cpu_options_known() else {}

@@ -45,12 +45,6 @@ def init_train_state(create, sharding) -> TrainState:
     return jax.block_until_ready(jax.jit(create, out_shardings=sharding)())
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over all devices with one axis, "data" (Auto axis type: see JAX-NOTES on Dropout)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 def _leaf_spec(shape, data_size: int, fsdp: bool) -> PartitionSpec:
     size = 1
     for dim in shape:

@@ -10,7 +10,7 @@ from maskformer_jax.data.pipeline import BATCH_KEYS
 from maskformer_jax.data.transforms import padding_absent
 from maskformer_jax.losses import set_loss
 from maskformer_jax.models import normalize
-from maskformer_jax.models.conv import compiler_options
+from maskformer_jax.devices import compiler_options
 from maskformer_jax.training.optimizer import optimizer_metrics
 from maskformer_jax.training.state import TrainState
 

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from maskformer_jax.models import build_model, init_variables
-from maskformer_jax.predictions import write_json
+from maskformer_jax.files import write_json
 from maskformer_jax.weights.detectron2 import read_pickle, variables_from_detectron2
 from maskformer_jax.weights.hf import variables_from_hf
 from maskformer_jax.weights.imagenet import backbone_variables

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from maskformer_jax import inference
-from maskformer_jax.predictions import panoptic_segments
+from maskformer_jax import postprocessing
+from maskformer_jax.prediction_files import panoptic_segments
 
 BIG = 10.0  # sigmoid(±10) is 1 - 4.5e-5 / 4.5e-5
 
@@ -34,7 +34,7 @@ def block(rows, columns):
 def test_semantic_probabilities_by_hand():
     logits = np.log(np.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]]], np.float32))  # K = 2 (+ no object)
     masks = np.array([[[[1.0, 0.0]], [[0.5, 1.0]]]], np.float32)  # Q = 2 masks of 1 x 2 pixels
-    scores = inference.semantic_probabilities(jnp.asarray(logits), jnp.asarray(masks))
+    scores = postprocessing.semantic_probabilities(jnp.asarray(logits), jnp.asarray(masks))
     expected = [[[0.5 * 1 + 0.1 * 0.5, 0.5 * 0 + 0.1 * 1]], [[0.25 * 1 + 0.6 * 0.5, 0.25 * 0 + 0.6 * 1]]]
     np.testing.assert_allclose(scores[0], expected, rtol=1e-6)  # no renormalisation after dropping column K
 
@@ -52,7 +52,7 @@ def test_panoptic_merges_stuff_separates_things_and_drops_by_score_and_overlap()
         block(range(4), range(4)),  # q5: "no object" → dropped although its mask covers everything
     ]
     masks = mask_logits(regions, (4, 4))
-    segment_map, segment_classes = inference.panoptic_inference(
+    segment_map, segment_classes = postprocessing.panoptic_inference(
         jnp.asarray(logits)[None], jnp.asarray(masks)[None], jnp.ones((1, 4, 4), bool),
         jnp.asarray([False, False, True]), object_mask_threshold=0.8, overlap_threshold=0.8)
     # q4 wins only (1, 3): 1/8 of its mask < 0.8 → that pixel is void.
@@ -73,7 +73,7 @@ def test_panoptic_threshold_and_no_background_competitor():
     logits = class_logits([(0, 10), (1, 2.7)], num_classes=3)
     masks = mask_logits([block(range(2), (0,)), block(range(2), (1,))], (2, 2))
     def run(threshold):
-        return inference.panoptic_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
+        return postprocessing.panoptic_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
                                             jnp.ones((1, 2, 2), bool), jnp.zeros(3, bool), threshold, 0.8)
     segment_map, classes = run(0.8)
     np.testing.assert_array_equal(segment_map[0], [[0, 1], [0, 1]])
@@ -92,7 +92,7 @@ def test_panoptic_counts_areas_inside_the_image_only():
     # q1's mask: 1 pixel inside the image, 3 on the canvas padding; inside it wins its 1 pixel → kept.
     masks = mask_logits([block((0, 1), (0,)), [(0, 1), (1, 1), (0, 2), (1, 2)]], (2, 3))
     valid = jnp.asarray([[[True, True, False], [True, False, False]]])
-    segment_map, classes = inference.panoptic_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None], valid,
+    segment_map, classes = postprocessing.panoptic_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None], valid,
                                                         jnp.zeros(2, bool), 0.8, 0.8)
     np.testing.assert_array_equal(segment_map[0], [[0, 1, -1], [0, -1, -1]])
     np.testing.assert_array_equal(classes[0], [0, 1])
@@ -101,7 +101,7 @@ def test_panoptic_counts_areas_inside_the_image_only():
 def test_instance_top_k_and_mask_score():
     logits = np.log(np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]], np.float32))  # Q = 2, K = 2
     masks = np.array([[[3.0, -1.0], [1.0, -2.0]], [[-1.0, -1.0], [0.5, 2.0]]], np.float32)
-    out = inference.instance_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
+    out = postprocessing.instance_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
                                        jnp.ones((1, 2, 2), bool), top_k=3)
     sigmoid = 1 / (1 + np.exp(-masks))
     mask_score = [(sigmoid[0][masks[0] > 0]).mean(), (sigmoid[1][masks[1] > 0]).mean()]
@@ -110,7 +110,7 @@ def test_instance_top_k_and_mask_score():
     np.testing.assert_allclose(out["scores"][0], [0.7 * mask_score[1], 0.6 * mask_score[0], 0.3 * mask_score[0]],
                                rtol=1e-5)
     np.testing.assert_array_equal(out["masks"][0, 1], masks[0] > 0)
-    things = inference.instance_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
+    things = postprocessing.instance_inference(jnp.asarray(logits)[None], jnp.asarray(masks)[None],
                                           jnp.ones((1, 2, 2), bool), top_k=3, is_thing=jnp.asarray([False, True]))
     np.testing.assert_array_equal(things["kept"][0], [True, False, True])
 
@@ -121,7 +121,7 @@ def test_resize_to_original_equals_torch_crop_and_interpolate():
     sizes = np.array([[30, 41], [32, 48]])
     original = np.array([[57, 83], [20, 31]])  # one upsampled, one downsampled
     flips = np.array([False, True])
-    out = np.asarray(inference.resize_to_original(jnp.asarray(maps), jnp.asarray(sizes), jnp.asarray(original),
+    out = np.asarray(postprocessing.resize_to_original(jnp.asarray(maps), jnp.asarray(sizes), jnp.asarray(original),
                                                   (64, 96), jnp.asarray(flips)))
     assert out.shape == (2, 3, 64, 96)
     for b in range(2):
@@ -131,5 +131,5 @@ def test_resize_to_original_equals_torch_crop_and_interpolate():
         if flips[b]:
             expected = expected[:, :, ::-1]
         np.testing.assert_allclose(out[b, :, :height, :width], expected, atol=1e-5)
-    mask = np.asarray(inference.canvas_mask(jnp.asarray(original), (64, 96)))
+    mask = np.asarray(postprocessing.canvas_mask(jnp.asarray(original), (64, 96)))
     assert mask[0, :57, :83].all() and not mask[0, 57:].any() and not mask[0, :, 83:].any()

@@ -1,13 +1,13 @@
 """Predictions in the datasets' own formats: semantic class PNGs, and COCO panoptic PNG + JSON that
-panopticapi's pq_compute reads. Files are written whole or not at all (temporary name, then rename).
+panopticapi's pq_compute reads (written whole or not at all: files.py).
 """
 
 import json
-import os
 import pathlib
 
 import numpy as np
-from PIL import Image
+
+from maskformer_jax.files import write_json, write_png
 
 
 def panoptic_segments(segment_map, segment_classes, is_thing):
@@ -30,29 +30,6 @@ def id_to_rgb(ids):
     """COCO panoptic colour code: int [H, W] → uint8 [H, W, 3] with id = R + 256 G + 256² B."""
     ids = np.asarray(ids, np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
-def _write_atomically(path, write):
-    """Call `write(temporary_path)`, then rename the file to `path`: readers never see part of it."""
-    path = pathlib.Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def write_png(path, array):
-    """Write an image atomically; uint16 arrays become 16-bit greyscale PNGs."""
-    _write_atomically(path, lambda temporary: Image.fromarray(array).save(temporary, format="PNG"))
-
-
-def write_text(path, text: str):
-    """Write text atomically."""
-    _write_atomically(path, lambda temporary: temporary.write_text(text))
-
-
-def write_json(path, data, indent=None):
-    """Write JSON atomically."""
-    write_text(path, json.dumps(data, indent=indent))
 
 
 def coco_image_id(image_id: str):
