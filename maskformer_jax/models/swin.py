@@ -48,21 +48,6 @@ def window_reverse(windows, window_size: int, height: int, width: int):
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample with probability `rate`."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        if not train or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias."""
 
@@ -123,14 +108,16 @@ class SwinBlock(nn.Module):
         if self.shift > 0:
             y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
         y = y[:, :h, :w]
-        x = x + DropPath(self.drop_path)(y, train)
+        # Stochastic depth: the whole residual branch dropped per sample.
+        drop_path = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), deterministic=not train)
+        x = x + drop_path(y)
 
         dense = dict(dtype=self.dtype, kernel_init=_trunc_normal)
         y = nn.LayerNorm(LAYER_NORM_EPSILON, dtype=self.dtype, name="norm2")(x)
         y = nn.Dense(int(c * self.mlp_ratio), name="fc1", **dense)(y)
         y = nn.gelu(y, approximate=False)  # exact (erf) GELU, as torch.nn.GELU
         y = nn.Dense(c, name="fc2", **dense)(y)
-        return x + DropPath(self.drop_path)(y, train)
+        return x + drop_path(y)
 
 
 class PatchMerging(nn.Module):

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,35 +67,28 @@ def tokens_and_positions(features, dtype, valid=None):
     return tokens, positions, valid.reshape(b, h * w)
 
 
-class MultiHeadAttention(nn.Module):
-    """PyTorch-style multi-head attention: q/k/v projections with bias, scaled dot product,
-    dropout on the attention weights, output projection. The softmax runs in float32."""
+def _attention_float32_softmax(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.0,
+                                broadcast_dropout=False, deterministic=True, dtype=None, precision=None, module=None):
+    """flax's dot-product attention with the softmax in float32 and the weights back in the input dtype."""
+    weights = nn.dot_product_attention_weights(
+        query, key, mask=mask, broadcast_dropout=broadcast_dropout, dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate, deterministic=deterministic, dtype=dtype, precision=precision, module=module,
+        force_fp32_for_softmax=True)
+    return jnp.einsum("...hqk,...khd->...qhd", weights.astype(value.dtype), value, precision=precision)
 
-    num_heads: int
-    dropout: float = 0.0
-    dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, query, key, value, train: bool = False, key_valid=None):
-        """query: [B, Nq, C], key and value: [B, Nk, C], key_valid: bool [B, Nk] or None (attend
-        only to True keys) → [B, Nq, C]."""
-        channels = query.shape[-1]
-        head_dim = channels // self.num_heads
+def attention(num_heads: int, dropout: float, dtype, name: str, train: bool) -> nn.MultiHeadDotProductAttention:
+    """PyTorch-style multi-head attention (q/k/v and output projections with bias, the reference's
+    inits, dropout on each attention weight), its softmax in float32. Call it as
+    `(query [B, Nq, C], key [B, Nk, C], value [B, Nk, C], mask=key_mask(key_valid))` → [B, Nq, C]."""
+    return nn.MultiHeadDotProductAttention(
+        num_heads, dtype=dtype, dropout_rate=dropout, broadcast_dropout=False, deterministic=not train,
+        kernel_init=_packed_xavier, out_kernel_init=_xavier, attention_fn=_attention_float32_softmax, name=name)
 
-        def project(x, name):
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim), dtype=self.dtype, kernel_init=_packed_xavier, name=name
-            )(x)
 
-        q = project(query, "query") * head_dim**-0.5
-        k, v = project(key, "key"), project(value, "value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if key_valid is not None:
-            logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return nn.DenseGeneral(channels, axis=(-2, -1), dtype=self.dtype, kernel_init=_xavier, name="out")(out)
+def key_mask(key_valid):
+    """bool [B, Nk] (True: attend) or None → the attention mask [B, 1, 1, Nk] or None."""
+    return None if key_valid is None else key_valid[:, None, None, :]
 
 
 class FeedForward(nn.Module):
@@ -127,7 +119,7 @@ class EncoderLayer(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
         qk = x + pos
-        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="self_attn")(qk, qk, x, train, key_valid)
+        y = attention(self.num_heads, self.dropout, self.dtype, "self_attn", train)(qk, qk, x, mask=key_mask(key_valid))
         x = norm(name="norm1")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm2")(x + drop(y))
@@ -147,11 +139,11 @@ class DecoderLayer(nn.Module):
         memory_valid: bool [B, N] or None (image tokens) → [B, Q, C]."""
         drop = nn.Dropout(self.dropout, deterministic=not train)
         norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
-        attention = functools.partial(MultiHeadAttention, self.num_heads, self.dropout, self.dtype)
         q = x + query_pos
-        y = attention(name="self_attn")(q, q, x, train)
+        y = attention(self.num_heads, self.dropout, self.dtype, "self_attn", train)(q, q, x)
         x = norm(name="norm1")(x + drop(y))
-        y = attention(name="cross_attn")(x + query_pos, memory + memory_pos, memory, train, memory_valid)
+        y = attention(self.num_heads, self.dropout, self.dtype, "cross_attn", train)(
+            x + query_pos, memory + memory_pos, memory, mask=key_mask(memory_valid))
         x = norm(name="norm2")(x + drop(y))
         y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
         return norm(name="norm3")(x + drop(y))
