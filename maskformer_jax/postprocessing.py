@@ -7,7 +7,7 @@ arrays and results live on a fixed canvas whose pixels outside the image are fla
 import jax
 import jax.numpy as jnp
 
-from maskformer_jax.resize import resize_bilinear
+from maskformer_jax.resize import resize_bilinear, resize_bilinear_per_image
 
 
 def semantic_probabilities(class_logits, mask_probs):
@@ -25,31 +25,6 @@ def semantic_scores(class_logits, mask_logits, height: int, width: int):
     return semantic_probabilities(class_logits, masks)
 
 
-def _source_taps(size_in, size_out, canvas: int, flip=None):
-    """Bilinear taps (align_corners=False, edge-clamped) resizing [0, size_in) to [0, size_out), per image.
-
-    size_in, size_out: int [B]; flip: bool [B] or None → (low, high index int32 [B, canvas], weight of
-    high float32 [B, canvas]). Positions >= size_out repeat the last one; flipped images are
-    mirrored within [0, size_out).
-    """
-    out = jnp.arange(canvas)[None, :]
-    out = jnp.minimum(out, size_out[:, None] - 1)
-    if flip is not None:
-        out = jnp.where(flip[:, None], size_out[:, None] - 1 - out, out)
-    scale = size_in.astype(jnp.float32) / size_out.astype(jnp.float32)
-    source = jnp.clip((out + 0.5) * scale[:, None] - 0.5, 0, (size_in - 1)[:, None].astype(jnp.float32))
-    low = jnp.floor(source).astype(jnp.int32)
-    high = jnp.minimum(low + 1, size_in[:, None] - 1)
-    return low, high, source - low
-
-
-def _interpolate(x, axis: int, taps):
-    low, high, weight = (t.reshape(t.shape[:1] + (1,) * (axis - 1) + t.shape[1:] + (1,) * (x.ndim - axis - 1))
-                         for t in taps)
-    return (jnp.take_along_axis(x, low, axis=axis) * (1 - weight)
-            + jnp.take_along_axis(x, high, axis=axis) * weight)
-
-
 def resize_to_original(maps, sizes, original_sizes, canvas, flip=None):
     """The reference's post-processing: crop each map to its image and resize it (bilinear,
     align_corners=False) to the original image size, placed at the top-left of a fixed canvas.
@@ -59,10 +34,7 @@ def resize_to_original(maps, sizes, original_sizes, canvas, flip=None):
     original size; flip: optional bool [B], mirror the result horizontally (undoing a flipped input)
     → [B, C, Ho, Wo] float32 (values outside the original size are padding).
     """
-    maps = maps.astype(jnp.float32)
-    rows = _source_taps(sizes[:, 0], original_sizes[:, 0], canvas[0])
-    columns = _source_taps(sizes[:, 1], original_sizes[:, 1], canvas[1], flip)
-    return _interpolate(_interpolate(maps, 2, rows), 3, columns)
+    return resize_bilinear_per_image(maps.astype(jnp.float32), sizes, original_sizes, canvas, flip)
 
 
 def canvas_mask(original_sizes, canvas):

@@ -2,9 +2,11 @@
 
 - PyTorch's legacy `interpolate(mode="nearest")` (FPN upsampling, matcher target downsampling) picks
   source index floor(dst * in / out); `jax.image.resize(method="nearest")` uses half-pixel centres.
-- Bilinear with half-pixel centres and edge clamping (`align_corners=False`) equals
-  `jax.image.resize(method="bilinear")` when upsampling; `sample_bilinear` evaluates the same rule at
-  arbitrary points, so point-sampled losses at pixel centres equal dense ones.
+- Bilinear with half-pixel centres and edge clamping (`align_corners=False`), one rule (`_axis_taps`)
+  for three access patterns: whole maps (`resize_bilinear`, equal to `jax.image.resize(method=
+  "bilinear")` when upsampling, with a cheap path for integer factors), maps whose images differ in
+  size within a batch (`resize_bilinear_per_image`), and arbitrary points (`sample_bilinear`), so
+  point-sampled losses at pixel centres equal dense ones.
 """
 
 import jax
@@ -87,6 +89,38 @@ def clamp_to_extent(x, extent):
     return jnp.take_along_axis(jnp.take_along_axis(x, rows, axis=-2), cols, axis=-1)
 
 
+def _axis_taps(position, size):
+    """Bilinear taps along one axis: position (float, in source pixels with centres at integers), size
+    (the axis length; int or array broadcasting with it) → (low, high int32, weight of high float32),
+    edge-clamped to [0, size - 1]."""
+    position = jnp.clip(position, 0, size - 1)
+    low = jnp.floor(position).astype(jnp.int32)
+    return low, jnp.minimum(low + 1, jnp.asarray(size, jnp.int32) - 1), position - low
+
+
+def _take_taps(x, axis: int, taps):
+    """Interpolate x along `axis` with per-image taps [B, n] (batch axis 0) → x with n positions there."""
+    low, high, weight = (t.reshape(t.shape[:1] + (1,) * (axis - 1) + t.shape[1:] + (1,) * (x.ndim - axis - 1))
+                         for t in taps)
+    return jnp.take_along_axis(x, low, axis=axis) * (1 - weight) + jnp.take_along_axis(x, high, axis=axis) * weight
+
+
+def resize_bilinear_per_image(x, sizes, out_sizes, canvas, flip=None):
+    """Each image's top-left region resized on its own: x [B, C, H, W], sizes / out_sizes int [B, 2] (the
+    region's (h, w) in x and the size to resize it to), canvas static (Ho, Wo) >= every out size, flip
+    optional bool [B] (mirror the result horizontally) → [B, C, Ho, Wo]; positions past an out size
+    repeat its last row / column."""
+
+    def axis_taps(axis: int, mirror=None):
+        out = jnp.minimum(jnp.arange(canvas[axis])[None, :], out_sizes[:, axis, None] - 1)
+        if mirror is not None:
+            out = jnp.where(mirror[:, None], out_sizes[:, axis, None] - 1 - out, out)
+        scale = sizes[:, axis].astype(jnp.float32) / out_sizes[:, axis].astype(jnp.float32)
+        return _axis_taps((out + 0.5) * scale[:, None] - 0.5, sizes[:, axis, None])
+
+    return _take_taps(_take_taps(x, 2, axis_taps(0)), 3, axis_taps(1, flip))
+
+
 def bilinear_taps(height: int, width: int, points, extent=None):
     """The 4 pixels and weights that bilinear interpolation (half-pixel centres, edge-clamped) uses.
 
@@ -99,12 +133,8 @@ def bilinear_taps(height: int, width: int, points, extent=None):
     else:
         extent = extent.astype(jnp.float32)
         extent_h, extent_w = extent[..., :1], extent[..., 1:]
-    cy = jnp.clip(points[..., 0] * extent_h - 0.5, 0, extent_h - 1)
-    cx = jnp.clip(points[..., 1] * extent_w - 0.5, 0, extent_w - 1)
-    y0, x0 = jnp.floor(cy).astype(jnp.int32), jnp.floor(cx).astype(jnp.int32)
-    y1 = jnp.minimum(y0 + 1, jnp.asarray(extent_h, jnp.int32) - 1)
-    x1 = jnp.minimum(x0 + 1, jnp.asarray(extent_w, jnp.int32) - 1)
-    wy, wx = cy - y0, cx - x0
+    y0, y1, wy = _axis_taps(points[..., 0] * extent_h - 0.5, extent_h)
+    x0, x1, wx = _axis_taps(points[..., 1] * extent_w - 0.5, extent_w)
     index = jnp.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], axis=-1)
     weight = jnp.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], axis=-1)
     return index, weight
