@@ -61,11 +61,11 @@ def resnet_rules(backbone_config: ml_collections.ConfigDict, prefix: str) -> Ite
     stem_convs = ("conv1", "conv2", "conv3") if backbone_config.deep_stem else ("conv1",)
     for name in stem_convs:
         source = f"{prefix}stem.{name}"
-        yield from conv_frozen_bn(("backbone", f"stem_{name}"), source, f"{source}.norm")
+        yield from conv_frozen_bn(("params", "backbone", f"stem_{name}"), source, f"{source}.norm")
     for stage, depth in enumerate(backbone_config.depths):
         for block in range(depth):
             source = f"{prefix}res{stage + 2}.{block}."
-            target = ("backbone", f"res{stage + 2}_{block}")
+            target = ("params", "backbone", f"res{stage + 2}_{block}")
             # detectron2 adds a shortcut conv only where channels change: the first block of a stage.
             convs = ("conv1", "conv2", "conv3", "shortcut") if block == 0 else ("conv1", "conv2", "conv3")
             for name in convs:

@@ -27,11 +27,11 @@ def _resnet_rules(config) -> Iterator[Rule]:
         raise ValueError("Hugging Face MaskFormer has no ResNet with a deep stem or dilated res5 (R101c)")
     prefix = "model.pixel_level_module.encoder."
     stem = prefix + "embedder.embedder."
-    yield from conv_frozen_bn(("backbone", "stem_conv1"), stem + "convolution", stem + "normalization")
+    yield from conv_frozen_bn(("params", "backbone", "stem_conv1"), stem + "convolution", stem + "normalization")
     for stage, depth in enumerate(config.depths):
         for block in range(depth):
             source = f"{prefix}encoder.stages.{stage}.layers.{block}."
-            target = ("backbone", f"res{stage + 2}_{block}")
+            target = ("params", "backbone", f"res{stage + 2}_{block}")
             for i in range(3):
                 layer = f"{source}layer.{i}."
                 yield from conv_frozen_bn(target + (f"conv{i + 1}",), layer + "convolution", layer + "normalization")

@@ -39,16 +39,16 @@ def torchvision_resnet_rules(backbone_config: ml_collections.ConfigDict) -> Iter
 
 
 def _torchvision_resnet_rules(depths) -> Iterator[Rule]:
-    yield from conv_frozen_bn(("backbone", "stem_conv1"), "conv1", "bn1")
+    yield from conv_frozen_bn(("params", "backbone", "stem_conv1"), "conv1", "bn1")
     for stage, depth in enumerate(depths):
         layer = f"layer{stage + 1}"
         for block in range(depth):
-            target = ("backbone", f"res{stage + 2}_{block}")
+            target = ("params", "backbone", f"res{stage + 2}_{block}")
             for i in (1, 2, 3):
                 yield from conv_frozen_bn(target + (f"conv{i}",), f"{layer}.{block}.conv{i}", f"{layer}.{block}.bn{i}")
         # Every stage's first block projects its shortcut (res2: 64 → 256 channels, later ones: stride 2).
         yield from conv_frozen_bn(
-            ("backbone", f"res{stage + 2}_0", "shortcut"), f"{layer}.0.downsample.0", f"{layer}.0.downsample.1"
+            ("params", "backbone", f"res{stage + 2}_0", "shortcut"), f"{layer}.0.downsample.0", f"{layer}.0.downsample.1"
         )
 
 

@@ -15,7 +15,10 @@ BATCH_NORM_EPSILON = 1e-5
 
 
 class Rule(NamedTuple):
-    """Fill the Flax variable at `path` with `convert(*state_dict[name] for name in sources)`."""
+    """Fill the Flax variable at `path` with `convert(*state_dict[name] for name in sources)`.
+
+    Paths start with the collection, and the helpers below take the path of a module's parameters,
+    e.g. ("params", "backbone", "stem_conv1")."""
 
     path: tuple
     sources: Sequence[str]
@@ -65,11 +68,12 @@ def conv_group_norm(path, conv_prefix, norm_prefix):
 
 
 def conv_frozen_bn(path, conv_prefix, norm_prefix):
-    """A convolution without bias and its frozen BatchNorm (folded into our scale and bias)."""
-    yield Rule(("params",) + path + ("conv", "kernel"), [f"{conv_prefix}.weight"], conv)
+    """A convolution without bias and its frozen BatchNorm (folded into our scale and bias, which live in
+    the "frozen" collection at the same module path)."""
+    yield Rule(path + ("conv", "kernel"), [f"{conv_prefix}.weight"], conv)
     stats = [f"{norm_prefix}.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
-    yield Rule(("frozen",) + path + ("norm", "scale"), stats, bn_scale)
-    yield Rule(("frozen",) + path + ("norm", "bias"), stats, bn_bias)
+    yield Rule(("frozen",) + path[1:] + ("norm", "scale"), stats, bn_scale)
+    yield Rule(("frozen",) + path[1:] + ("norm", "bias"), stats, bn_bias)
 
 
 def variable_shapes(model_config: ml_collections.ConfigDict) -> dict:
