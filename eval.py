@@ -15,7 +15,6 @@ import jax
 from absl import flags
 
 from maskformer_jax import cli
-from maskformer_jax.errors import ConfigError
 from maskformer_jax.evaluation import SUMMARY_KEYS, Evaluator
 from maskformer_jax.models import build_model
 from maskformer_jax.files import write_json
@@ -59,8 +58,6 @@ def evaluate_checkpoint(config, workdir, checkpoint=None) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
     if FLAGS.distributed:
         jax.distributed.initialize()
     evaluate_checkpoint(_CONFIG.value, FLAGS.workdir, FLAGS.checkpoint)

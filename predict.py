@@ -106,4 +106,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", None, "A workdir, its checkpoints/ folder or one step's folder.")
     flags.DEFINE_string("output", None, "Folder for the pictures.")
     flags.mark_flags_as_required(["config", "checkpoint", "output"])
-    cli.run(main)
+    cli.run(main, arguments=True)

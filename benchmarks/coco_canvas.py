@@ -1,7 +1,7 @@
 """The COCO panoptic train step on the old fixed canvas and on the two orientation canvases, one run.
 
-    python benchmarks/coco_canvas.py [--config coco_panoptic_r50] [--batch 1] [--steps 3]
-        [--dtype float32|bfloat16] [--image 800 1066]
+    python -m benchmarks.coco_canvas [--config configs/coco_panoptic_r50.py] --config.batch_size=1 \
+        --config.loss.max_targets=20 [--config.model.dtype=bfloat16] [--steps 3] [--image 800,1066]
 
 Old: every image padded to 1344x1344 with the padding counted (grey pixels, negatives in the mask
 losses, attended to). New: a landscape 800x1344 or a portrait 1344x800 canvas (from the config's
@@ -11,15 +11,23 @@ transpose on the portrait one. Printed per canvas: compile seconds, median ms pe
 and the ratio to the old canvas.
 """
 
-import argparse
-import importlib
-import pathlib
-import sys
+import copy
 import time
 
+import jax
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.compare import ROOT
+from maskformer_jax import cli
+from maskformer_jax.data.transforms import training_canvases
+from maskformer_jax.devices import make_mesh
+from maskformer_jax.errors import ConfigError
+from maskformer_jax.models import build_model
+from maskformer_jax.training.optimizer import build_optimizer
+from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
+from maskformer_jax.training.step import global_batch, jit_train_step
 
 
 def batch_on_canvas(batch_size, image, canvas, targets, num_classes, seed=0):
@@ -38,44 +46,30 @@ def batch_on_canvas(batch_size, image, canvas, targets, num_classes, seed=0):
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="coco_panoptic_r50")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--targets", type=int, default=20)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--image", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
-    args = parser.parse_args()
-
-    import jax
-
-    from maskformer_jax.data.transforms import training_canvases
-    from maskformer_jax.models import build_model
-    from maskformer_jax.training.optimizer import build_optimizer
-    from maskformer_jax.devices import make_mesh
-    from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
-    from maskformer_jax.training.step import global_batch, jit_train_step
-
-    image = tuple(args.image)
-    runs = [("old: 1344x1344, padding counted", "counted", (1344, 1344), image)]
-    config = importlib.import_module(f"configs.{args.config}").get_config()
-    landscape, portrait = training_canvases(config.dataset)
-    runs += [(f"new: {landscape[0]}x{landscape[1]}, padding absent", "absent", landscape, image),
-             (f"new: {portrait[0]}x{portrait[1]}, padding absent", "absent", portrait, image[::-1])]
-    print(f"{args.config}, batch {args.batch}, {args.dtype}, image {image[0]}x{image[1]}, {args.targets} targets, "
+def main(argv):
+    config, name = _CONFIG.value, config_flags.get_config_filename(FLAGS["config"])
+    batch_size, targets = config.batch_size, config.loss.max_targets
+    image = tuple(int(side) for side in FLAGS.image)
+    canvases = training_canvases(config.dataset)
+    if len(canvases) != 2:
+        raise ConfigError(f"{name} trains on one canvas; this benchmark compares the DETR recipe's two "
+                          "(a COCO panoptic config)")
+    landscape, portrait = canvases
+    runs = [("old: 1344x1344, padding counted", "counted", (1344, 1344), image),
+            (f"new: {landscape[0]}x{landscape[1]}, padding absent", "absent", landscape, image),
+            (f"new: {portrait[0]}x{portrait[1]}, padding absent", "absent", portrait, image[::-1])]
+    print(f"{name}, batch {batch_size}, {config.model.dtype}, image {image[0]}x{image[1]}, {targets} targets, "
           f"{jax.devices()[0].device_kind}", flush=True)
     results = []
     for name, padding, canvas, size in runs:
-        config = importlib.import_module(f"configs.{args.config}").get_config()
-        config.batch_size, config.loss.max_targets, config.model.dtype = args.batch, args.targets, args.dtype
+        config = copy.deepcopy(_CONFIG.value)
         config.dataset.padding = padding
         model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
         create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
         sharding = state_sharding(jax.eval_shape(create), mesh)
         state = init_train_state(create, sharding)
         jax.clear_caches()  # the initialising program's host memory is not the step's
-        batch = global_batch(batch_on_canvas(args.batch, size, canvas, args.targets, config.model.num_classes), mesh)
+        batch = global_batch(batch_on_canvas(batch_size, size, canvas, targets, config.model.num_classes), mesh)
         with jax.set_mesh(mesh):
             start = time.perf_counter()
             step = jit_train_step(config, model, optimizer, mesh, sharding).lower(state, batch).compile()
@@ -83,7 +77,7 @@ def main():
             state, metrics = step(state, batch)  # warm-up
             jax.block_until_ready(metrics)
             times = []
-            for _ in range(args.steps):
+            for _ in range(FLAGS.steps):
                 start = time.perf_counter()
                 state, metrics = step(state, batch)
                 jax.block_until_ready(metrics)
@@ -91,11 +85,15 @@ def main():
         milliseconds = float(np.median(times))
         results.append(milliseconds)
         print(f"{name:38s} compile {compile_seconds:6.1f} s | {milliseconds:9.1f} ms/step | "
-              f"{1e3 * args.batch / milliseconds:7.2f} img/s | x{milliseconds / results[0]:.2f} of the old canvas",
+              f"{1e3 * batch_size / milliseconds:7.2f} img/s | x{milliseconds / results[0]:.2f} of the old canvas",
               flush=True)
         del state, step, batch
         jax.clear_caches()
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    _CONFIG = cli.define_config_flag(str(ROOT / "configs" / "coco_panoptic_r50.py"))
+    flags.DEFINE_integer("steps", 3, "Timed steps per canvas (the median is printed).")
+    flags.DEFINE_list("image", ["800", "1066"], "Image height,width placed on each canvas (transposed on the portrait one).")
+    cli.run(main)

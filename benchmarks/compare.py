@@ -1,12 +1,13 @@
 """Our train and inference steps side by side with Hugging Face's PyTorch MaskFormer, same machine.
 
-    python benchmarks/compare.py --config ade20k_r50 --batch 2 --size 256 [--dtype float32|bfloat16]
-        [--steps 6] [--targets 10]
+    python -m benchmarks.compare --config configs/ade20k_r50.py --config.batch_size=2 \
+        --config.dataset.image_size="(256, 256)" [--config.model.dtype=bfloat16] \
+        [--config.loss.max_targets=10] [--steps 6]
 
 Each side runs in its own worker process (so peak memory is its own). Both workers build their model
 with random weights, compile and warm up, then take turns one step at a time, the side that goes first
-alternating, so that a machine whose speed drifts (a shared virtual machine) slows both alike. Timed:
---steps train steps (forward + matching + loss with deep supervision + backward + update), then
+alternating, so that a machine whose speed drifts (a shared virtual machine) slows both alike. The batch is config.batch_size random images of config.dataset.image_size,
+each with config.loss.max_targets block-shaped segments. Timed: --steps train steps (forward + matching + loss with deep supervision + backward + update), then
 --steps inference steps (forward + semantic scores at the input size). Printed: median ms/step,
 images/s, peak memory of the timed steps (resident set on CPU, after returning freed heap memory to
 the OS; device allocator peak on GPU), the ratio ours/theirs, and our model FLOP utilisation (XLA's
@@ -14,15 +15,13 @@ FLOP count of the step's HLO before optimisation, the same on every backend, ÷ 
 benchmarks/peak.py; XLA's count of the compiled program is printed beside it).
 Hugging Face's model is built from the equivalent config with `use_auxiliary_loss=True` and called
 with `output_hidden_states=True`, as the paper trains; it needs torch and transformers (test-only).
-Both workers inherit the environment, so `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python
-benchmarks/compare.py ...` or `LD_PRELOAD=.../libtcmalloc_minimal.so.4 python benchmarks/compare.py
+Both workers inherit the environment, so `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m
+benchmarks.compare ...` or `LD_PRELOAD=.../libtcmalloc_minimal.so.4 python -m benchmarks.compare
 ...` runs both sides with that allocator setting (see README, Performance); the header names both.
 """
 
-import argparse
 import ctypes
 import functools
-import importlib
 import json
 import os
 import pathlib
@@ -32,10 +31,13 @@ import tempfile
 import time
 
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from maskformer_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPLY = "@reply"  # marks a worker's answers on stdout, apart from anything a library prints there
-sys.path.insert(0, str(ROOT))
 
 
 def synthetic_batch(batch: int, size, targets: int, num_classes: int, seed: int = 0):
@@ -96,7 +98,7 @@ def serve(steps: dict, reset_peak, final_stats) -> None:
         print(f"{REPLY} {1e3 * (time.perf_counter() - start)}", flush=True)
 
 
-def run_ours(args) -> None:
+def run_ours(config) -> None:
     # On a GPU both workers share the device: take memory as needed instead of JAX's default 75% up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
@@ -109,15 +111,13 @@ def run_ours(args) -> None:
     from maskformer_jax.training.state import create_train_state, init_train_state, state_sharding
     from maskformer_jax.training.step import global_batch, jit_train_step
 
-    config = importlib.import_module(f"configs.{args.config}").get_config()
-    config.dataset.image_size = (args.size, args.size)
-    config.batch_size, config.loss.max_targets, config.model.dtype = args.batch, args.targets, args.dtype
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     sharding = state_sharding(jax.eval_shape(create), mesh)
     state = init_train_state(create, sharding)
     jax.clear_caches()  # the initialising program's host memory is not the step's
-    batch = global_batch(synthetic_batch(args.batch, args.size, args.targets, config.model.num_classes), mesh)
+    batch = global_batch(synthetic_batch(config.batch_size, tuple(config.dataset.image_size), config.loss.max_targets,
+                                         config.model.num_classes), mesh)
     train_step = jit_train_step(config, model, optimizer, mesh, sharding)
 
     @functools.partial(jax.jit, compiler_options=compiler_options())
@@ -167,24 +167,24 @@ def hf_config(config, num_classes: int):
     return MaskFormerConfig(backbone_config=backbone_config, num_labels=num_classes, use_auxiliary_loss=True)
 
 
-def run_theirs(args) -> None:
+def run_theirs(config) -> None:
     import torch
     from transformers import MaskFormerForInstanceSegmentation
     from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    config = importlib.import_module(f"configs.{args.config}").get_config()
     num_classes = config.model.num_classes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.model.dtype == "bfloat16")
     torch.manual_seed(0)
     model = MaskFormerForInstanceSegmentation(hf_config(config, num_classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    batch = synthetic_batch(args.batch, args.size, args.targets, num_classes)
+    size, targets = tuple(config.dataset.image_size), config.loss.max_targets
+    batch = synthetic_batch(config.batch_size, size, targets, num_classes)
     # Their image processor's normalisation (ImageNet statistics on a 0-1 scale), on the 0-255 batch.
     mean = 255 * torch.tensor(IMAGENET_DEFAULT_MEAN, device=device).view(1, 3, 1, 1)
     std = 255 * torch.tensor(IMAGENET_DEFAULT_STD, device=device).view(1, 3, 1, 1)
     pixels = (torch.from_numpy(batch["image"]).to(device).permute(0, 3, 1, 2).float() - mean) / std
-    masks = [torch.from_numpy(s[None] == np.arange(args.targets)[:, None, None]).float().to(device) for s in batch["segments"]]
+    masks = [torch.from_numpy(s[None] == np.arange(targets)[:, None, None]).float().to(device) for s in batch["segments"]]
     classes = [torch.from_numpy(labels).long().to(device) for labels in batch["labels"]]
 
     def sync():
@@ -206,7 +206,7 @@ def run_theirs(args) -> None:
         with torch.no_grad(), autocast:
             out = model(pixel_values=pixels, output_hidden_states=True)  # required with use_auxiliary_loss
             probs = out.class_queries_logits.float().softmax(-1)[..., :-1]
-            mask = torch.nn.functional.interpolate(out.masks_queries_logits.float(), size=(args.size, args.size),
+            mask = torch.nn.functional.interpolate(out.masks_queries_logits.float(), size=size,
                                                    mode="bilinear", align_corners=False).sigmoid()
             torch.einsum("bqk,bqhw->bkhw", probs, mask)
         sync()
@@ -222,10 +222,10 @@ def run_theirs(args) -> None:
 class Worker:
     """One side's worker process, driven over its stdin and stdout."""
 
-    def __init__(self, side: str, args):
+    def __init__(self, side: str):
+        """The worker gets this command's flags and --worker."""
         self.side, self.log = side, tempfile.TemporaryFile("w+")
-        command = [sys.executable, __file__, "--worker", side, "--config", args.config, "--batch", str(args.batch),
-                   "--size", str(args.size), "--dtype", args.dtype, "--targets", str(args.targets)]
+        command = [sys.executable, "-m", "benchmarks.compare", f"--worker={side}", *sys.argv[1:]]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                         text=True, cwd=ROOT)
         self._reply()  # "ready": built, compiled and warmed up
@@ -249,27 +249,19 @@ class Worker:
         self.log.close()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="ade20k_r50", help="a module of configs/")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--targets", type=int, default=10, help="ground-truth masks per image")
-    parser.add_argument("--steps", type=int, default=6, help="timed train steps and inference steps per side")
-    parser.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        (run_ours if args.worker == "ours" else run_theirs)(args)
+def main(argv):
+    config = _CONFIG.value
+    if FLAGS.worker:
+        (run_ours if FLAGS.worker == "ours" else run_theirs)(config)
         return
     from benchmarks.peak import matmul_peak
 
     workers, times = {}, {side: {"train": [], "infer": []} for side in ("ours", "theirs")}
     try:
         for side in ("ours", "theirs"):
-            workers[side] = Worker(side, args)
+            workers[side] = Worker(side)
         for step in ("train", "infer"):
-            for i in range(args.steps):
+            for i in range(FLAGS.steps):
                 for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
                     times[side][step].append(float(workers[side].ask(step)))
         stats = {side: json.loads(worker.ask("done")) for side, worker in workers.items()}
@@ -279,16 +271,18 @@ def main():
     summary = {side: {"train_ms": float(np.median(times[side]["train"])), "infer_ms": float(np.median(times[side]["infer"])),
                       "peak_mb": stats[side]["peak_bytes"] / 2**20} for side in times}
     ours, theirs = summary["ours"], summary["theirs"]
-    peak_flops = matmul_peak(1024 if stats["ours"]["backend"] == "cpu" else 8192, args.dtype)
+    batch, (height, width), dtype = config.batch_size, config.dataset.image_size, config.model.dtype
+    peak_flops = matmul_peak(1024 if stats["ours"]["backend"] == "cpu" else 8192, dtype)
     mfu = stats["ours"]["train_flops"] / (ours["train_ms"] / 1e3) / peak_flops
-    print(f"{args.config}, batch {args.batch}, {args.size}x{args.size}, {args.dtype}, {args.targets} targets/image, "
+    print(f"{config_flags.get_config_filename(FLAGS['config'])}, batch {batch}, {height}x{width}, {dtype}, "
+          f"{config.loss.max_targets} targets/image, "
           f"on {stats['ours']['device']} (matmul peak {peak_flops / 1e9:.0f} GFLOP/s), "
           + ", ".join(f"{name}={os.environ.get(name, '')!r}" for name in ("GLIBC_TUNABLES", "LD_PRELOAD")))
     print(f"{'':10} {'train ms':>9} {'img/s':>7} {'infer ms':>9} {'img/s':>7} {'peak MB':>8}")
     for side in ("ours", "theirs"):
         s = summary[side]
-        print(f"{side:10} {s['train_ms']:9.1f} {1e3 * args.batch / s['train_ms']:7.2f} {s['infer_ms']:9.1f} "
-              f"{1e3 * args.batch / s['infer_ms']:7.2f} {s['peak_mb']:8.0f}")
+        print(f"{side:10} {s['train_ms']:9.1f} {1e3 * batch / s['train_ms']:7.2f} {s['infer_ms']:9.1f} "
+              f"{1e3 * batch / s['infer_ms']:7.2f} {s['peak_mb']:8.0f}")
     print(f"{'ours/theirs':10} speed train {theirs['train_ms'] / ours['train_ms']:.2f}x, inference "
           f"{theirs['infer_ms'] / ours['infer_ms']:.2f}x, peak memory {ours['peak_mb'] / theirs['peak_mb']:.2f}x")
     print(f"our train step: {stats['ours']['train_flops'] / 1e9:.1f} GFLOP (XLA's count of the step's HLO, the MFU "
@@ -297,4 +291,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    _CONFIG = cli.define_config_flag(str(ROOT / "configs" / "ade20k_r50.py"))
+    flags.DEFINE_integer("steps", 6, "Timed train steps and inference steps per side.")
+    flags.DEFINE_enum("worker", None, ["ours", "theirs"], "Internal: run one side's worker.")
+    cli.run(main)

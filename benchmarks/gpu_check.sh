@@ -59,22 +59,25 @@ for name in $PARTS; do
     parity) part parity 240 "passed|failed|error" $PYTHON -m pytest -q -p no:cacheprovider \
       tests/test_weights_hf.py tests/test_weights_imagenet.py tests/test_padding.py tests/test_losses.py \
       tests/test_models.py -k "equal or hf or reference or canvas or padding or precision" ;;
-    compare_r50) part compare_r50 200 "ours|theirs|train step|batch" $PYTHON benchmarks/compare.py \
-      --config ade20k_r50 --batch 8 --size 512 --dtype bfloat16 --steps 10 ;;
-    compare_swin_t) part compare_swin_t 200 "ours|theirs|train step|batch" $PYTHON benchmarks/compare.py \
-      --config ade20k_swin_t --batch 8 --size 512 --dtype bfloat16 --steps 10 ;;
-    compare_r50_fp32) part compare_r50_fp32 200 "ours|theirs|train step|batch" $PYTHON benchmarks/compare.py \
-      --config ade20k_r50 --batch 8 --size 512 --dtype float32 --steps 10 ;;
+    compare_r50) part compare_r50 200 "ours|theirs|train step|batch" $PYTHON -m benchmarks.compare \
+      --config configs/ade20k_r50.py --config.batch_size=8 "--config.dataset.image_size=(512, 512)" \
+      --config.loss.max_targets=10 --config.model.dtype=bfloat16 --steps 10 ;;
+    compare_swin_t) part compare_swin_t 200 "ours|theirs|train step|batch" $PYTHON -m benchmarks.compare \
+      --config configs/ade20k_swin_t.py --config.batch_size=8 "--config.dataset.image_size=(512, 512)" \
+      --config.loss.max_targets=10 --config.model.dtype=bfloat16 --steps 10 ;;
+    compare_r50_fp32) part compare_r50_fp32 200 "ours|theirs|train step|batch" $PYTHON -m benchmarks.compare \
+      --config configs/ade20k_r50.py --config.batch_size=8 "--config.dataset.image_size=(512, 512)" \
+      --config.loss.max_targets=10 --steps 10 ;;
     memory) part memory 240 "device|state|temporary|total|remat" bash -c \
-      "$PYTHON benchmarks/memory.py --config ade20k_swin_l --batch 2 --size 640 --dtype bfloat16 && \
-       $PYTHON benchmarks/memory.py --config ade20k_swin_l --batch 2 --size 640 --dtype bfloat16 --remat" ;;
+      "$PYTHON -m benchmarks.memory --config configs/ade20k_swin_l.py --config.batch_size=2 --config.model.dtype=bfloat16 && \
+       $PYTHON -m benchmarks.memory --config configs/ade20k_swin_l.py --config.batch_size=2 --config.model.dtype=bfloat16 --remat" ;;
     train) rm -rf /tmp/gpu_check_train
       part train 240 "^step (10|50|100)/|compil|input wait" $PYTHON train.py --workdir /tmp/gpu_check_train \
       --config configs/ade20k_r50.py --config.dataset.name=synthetic "--config.dataset.synthetic_size=(512,683)" \
       --config.batch_size=16 --config.num_steps=100 --config.model.dtype=bfloat16 --config.dataset.num_workers=12 \
       --config.log_every=10 --config.checkpoint_every=100 --config.compilation_cache_dir=none ;;
-    canvas) part canvas 300 "padding|coco_panoptic" $PYTHON benchmarks/coco_canvas.py --batch 2 \
-      --dtype bfloat16 --steps 5 ;;
+    canvas) part canvas 300 "padding|coco_panoptic" $PYTHON -m benchmarks.coco_canvas --config.batch_size=2 \
+      --config.loss.max_targets=20 --config.model.dtype=bfloat16 --steps 5 ;;
     *) echo "unknown part $name" | tee -a "$SUMMARY" ;;
   esac
 done

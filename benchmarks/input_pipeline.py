@@ -1,6 +1,6 @@
 """The training input pipeline on real files: examples/s per core by worker count, and CPU ms per stage.
 
-    python benchmarks/input_pipeline.py [--images 48] [--batches 12] [--batch_size 8] [--workers 0 1 2]
+    python -m benchmarks.input_pipeline [--images 48] [--batches 12] [--batch_size 8] [--workers 0,1,2]
 
 Writes JPEG images (quality 90) and PNG labels in the released layouts to a temporary folder: ADE20K
 (ADEChallengeData2016, ~683x512 scenes, 150 classes) and COCO panoptic (train2017 + panoptic JSON
@@ -11,11 +11,9 @@ so it does not depend on how many cores the machine has. The stage table times e
 example in this process (decode, resize, crop, jitter, flip, pad, targets).
 """
 
-import argparse
 import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
@@ -23,11 +21,11 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from configs import ade20k_r50, coco_panoptic_r50  # noqa: E402
-from maskformer_jax.data import sources, transforms  # noqa: E402
-from maskformer_jax.data.pipeline import train_pipeline  # noqa: E402
-from maskformer_jax.data.synthetic import SyntheticSource  # noqa: E402
+from configs import ade20k_r50, coco_panoptic_r50
+from maskformer_jax import cli
+from maskformer_jax.data import sources, transforms
+from maskformer_jax.data.pipeline import train_pipeline
+from maskformer_jax.data.synthetic import SyntheticSource
 from maskformer_jax.data.targets import make_targets  # noqa: E402
 
 
@@ -126,14 +124,8 @@ def stage_times(name: str, source, dataset, count: int) -> dict:
     return {stage: total / count for stage, total in totals.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=48, help="files written per dataset")
-    parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=(0, 1, 2))
-    args = parser.parse_args()
-    flags.FLAGS(sys.argv[:1])  # grain worker processes read absl flags
+def main(argv):
+    args = FLAGS
     with tempfile.TemporaryDirectory() as folder:
         folder = pathlib.Path(folder)
         settings = [("ade20k", ade20k_r50.get_config(), write_ade20k(folder / "ade", args.images)),
@@ -142,7 +134,7 @@ def main():
         print(f"{'recipe':<8}{'workers':>8}{'examples/s':>12}{'per core':>10}")
         for name, config, source in settings:
             config.batch_size = args.batch_size
-            for workers in args.workers:
+            for workers in map(int, args.workers):
                 rate, per_core = rate_per_core(config, source, workers, args.batches)
                 print(f"{name:<8}{workers:>8}{rate:>12.1f}{per_core:>10.1f}", flush=True)
         for name, config, source in settings:
@@ -152,4 +144,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    flags.DEFINE_integer("images", 48, "Files written per dataset.")
+    flags.DEFINE_integer("batches", 12, "Batches read per setting.")
+    flags.DEFINE_integer("batch_size", 8, "Examples per batch.")
+    flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to measure.")
+    cli.run(main)

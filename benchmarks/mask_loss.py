@@ -1,45 +1,37 @@
 """Peak memory and time of the set loss and its gradient: dense mask losses vs point-sampled ones.
 
-    python benchmarks/mask_loss.py [--size 640] [--batch 2] [--targets 100] [--points 12544]
+    python -m benchmarks.mask_loss [--size 640] [--batch_size 2] [--targets 100] [--points 12544]
 
 Peak memory is XLA's compiled estimate for the jitted loss + gradient (argument, output and
 temporary buffers), so it is the same on any machine with the same backend.
 """
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from configs import base  # noqa: E402
-from maskformer_jax.losses import set_loss  # noqa: E402
+from configs import base
+from maskformer_jax import cli
+from maskformer_jax.losses import set_loss
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--targets", type=int, default=100)
-    parser.add_argument("--points", type=int, default=12544)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def main(argv):
+    args = FLAGS
     rng = np.random.default_rng(0)
     layers, queries, classes, size = 6, 100, 150, args.size
     outputs = {
-        "class_logits": jnp.asarray(rng.normal(size=(layers, args.batch, queries, classes + 1)), jnp.float32),
-        "mask_logits": jnp.asarray(rng.normal(size=(layers, args.batch, queries, size // 4, size // 4)), jnp.float32),
+        "class_logits": jnp.asarray(rng.normal(size=(layers, args.batch_size, queries, classes + 1)), jnp.float32),
+        "mask_logits": jnp.asarray(rng.normal(size=(layers, args.batch_size, queries, size // 4, size // 4)), jnp.float32),
     }
-    blocks = rng.integers(-1, args.targets, size=(args.batch, size // 16, size // 16))
+    blocks = rng.integers(-1, args.targets, size=(args.batch_size, size // 16, size // 16))
     batch = {
         "segments": jnp.asarray(blocks.repeat(16, 1).repeat(16, 2), jnp.int32),
-        "labels": jnp.asarray(rng.integers(0, classes, size=(args.batch, args.targets)), jnp.int32),
+        "labels": jnp.asarray(rng.integers(0, classes, size=(args.batch_size, args.targets)), jnp.int32),
     }
-    print(f"{jax.devices()[0].device_kind}, {layers} layers, batch {args.batch}, {size}x{size}, T={args.targets}")
+    print(f"{jax.devices()[0].device_kind}, {layers} layers, batch {args.batch_size}, {size}x{size}, T={args.targets}")
     print(f"{'mask loss':<28} {'peak MiB':>10} {'ms (loss+grad)':>15}")
     for num_points in (0, args.points):
         config = base.get_config().loss
@@ -58,4 +50,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    flags.DEFINE_integer("size", 640, "Image side.")
+    flags.DEFINE_integer("batch_size", 2, "Images per batch.")
+    flags.DEFINE_integer("targets", 100, "Target slots per image.")
+    flags.DEFINE_integer("points", 12544, "Points of the point-sampled loss.")
+    flags.DEFINE_integer("repeats", 3, "Timed runs (the median is printed).")
+    cli.run(main)

@@ -1,23 +1,21 @@
 """Time of one batched matching (6 decoder layers x B images, Q queries, T target slots) per solver.
 
-    python benchmarks/matching.py [--batch 16] [--queries 100] [--repeats 10]
+    python -m benchmarks.matching [--batch_size 16] [--queries 100] [--repeats 10]
 
 "jax" and "scipy" are jitted through `maskformer_jax.matching.match` (after warm-up); "scipy per
 image" calls linear_sum_assignment on the host for each matrix, the way the reference does.
 Costs are random normal; "full" has every slot valid, "half" half of them (padding skipped).
 """
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import scipy.optimize
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from maskformer_jax.matching import match  # noqa: E402
+from maskformer_jax import cli
+from maskformer_jax.matching import match
 
 LAYERS = 6
 
@@ -38,19 +36,15 @@ def scipy_per_image(cost, valid):
         scipy.optimize.linear_sum_assignment(cost[index][:, columns])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+def main(argv):
+    args = FLAGS
     rng = np.random.default_rng(0)
-    print(f"{jax.devices()[0].device_kind}, {LAYERS} layers x batch {args.batch}, {args.queries} queries; ms, median")
+    print(f"{jax.devices()[0].device_kind}, {LAYERS} layers x batch {args.batch_size}, {args.queries} queries; ms, median")
     print(f"{'T':>4} {'valid':>6} {'jax':>9} {'scipy':>9} {'scipy per image':>16}")
     for num_targets in (20, 50, 100):
         for fill in ("full", "half"):
-            cost = rng.normal(size=(LAYERS, args.batch, args.queries, num_targets)).astype(np.float32)
-            valid = np.arange(num_targets)[None].repeat(args.batch, 0) < (num_targets if fill == "full" else num_targets // 2)
+            cost = rng.normal(size=(LAYERS, args.batch_size, args.queries, num_targets)).astype(np.float32)
+            valid = np.arange(num_targets)[None].repeat(args.batch_size, 0) < (num_targets if fill == "full" else num_targets // 2)
             device_cost, device_valid = jax.device_put((cost, valid))
             timings = []
             for solver in ("jax", "scipy"):
@@ -61,4 +55,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    flags.DEFINE_integer("batch_size", 16, "Images per batch.")
+    flags.DEFINE_integer("queries", 100, "Queries per image.")
+    flags.DEFINE_integer("repeats", 10, "Timed runs per solver (the median is printed).")
+    cli.run(main)

@@ -1,60 +1,49 @@
 """Memory of one train step per device, from XLA's analysis of the compiled step (nothing is run).
 
-    python benchmarks/memory.py --config ade20k_swin_l --batch 16 [--size 640] [--remat] [--fsdp] [--dtype bfloat16]
+    python -m benchmarks.memory --config configs/ade20k_swin_l.py --config.batch_size=16 \
+        [--config.model.dtype=bfloat16] [--remat] [--config.fsdp=True]
 
---size is the training crop: a side, HxW (e.g. 512x1024), or by default the config's
-dataset.image_size (Cityscapes: 512x1024). --batch is the global batch, split over all devices as in train.py. Prints, per device, the train
-state (parameters and AdamW moments; split over devices with --fsdp), XLA's temporary buffers
-(activations kept for the backward pass and work space) and their sum, next to the memory the
-device reports. --remat turns on config.model.remat_backbone and remat_decoder.
+The step is the one train.py compiles for the config: its global batch (config.batch_size, split over
+all devices) of config.dataset.image_size crops. Prints, per device, the train state (parameters and
+AdamW moments; split over devices with config.fsdp), XLA's temporary buffers (activations kept for
+the backward pass and work space) and their sum, next to the memory the device reports. --remat
+turns on config.model.remat_backbone and remat_decoder.
 """
 
-import argparse
-import importlib
-import sys
 import time
-from pathlib import Path
 
 import jax
+from absl import flags
+from ml_collections import config_flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.compare import synthetic_batch  # noqa: E402
-from maskformer_jax.models import build_model  # noqa: E402
-from maskformer_jax.training.optimizer import build_optimizer  # noqa: E402
+from benchmarks.compare import ROOT, synthetic_batch
+from maskformer_jax import cli
 from maskformer_jax.devices import make_mesh
-from maskformer_jax.training.state import create_train_state, state_sharding  # noqa: E402
-from maskformer_jax.training.step import jit_train_step  # noqa: E402
+from maskformer_jax.errors import ConfigError
+from maskformer_jax.models import build_model
+from maskformer_jax.training.optimizer import build_optimizer
+from maskformer_jax.training.state import create_train_state, state_sharding
+from maskformer_jax.training.step import jit_train_step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="ade20k_swin_l", help="a module of configs/")
-    parser.add_argument("--batch", type=int, default=16, help="global batch")
-    parser.add_argument("--size", default="", help="crop side or HxW (default: the config's dataset.image_size)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--remat", action="store_true", help="recompute backbone blocks and decoder layers")
-    parser.add_argument("--fsdp", action="store_true", help="split large parameters and moments over devices")
-    args = parser.parse_args()
-    devices = jax.device_count()
-    if args.batch % devices:
-        sys.exit(f"--batch {args.batch} does not split over {devices} devices")
-
-    config = importlib.import_module(f"configs.{args.config}").get_config()
-    if args.size:
-        config.dataset.image_size = tuple(int(side) for side in (args.size.split("x") * 2)[:2])
-    size = tuple(config.dataset.image_size)
-    config.batch_size, config.model.dtype = args.batch, args.dtype
-    config.model.remat_backbone = config.model.remat_decoder = args.remat
+def main(argv):
+    config, devices = _CONFIG.value, jax.device_count()
+    if config.batch_size % devices:
+        raise ConfigError(f"config.batch_size {config.batch_size} does not split over {devices} devices")
+    if FLAGS.remat:
+        config.model.remat_backbone = config.model.remat_decoder = True
+    size, batch_size, dtype = tuple(config.dataset.image_size), config.batch_size, config.model.dtype
     model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     abstract_state = jax.eval_shape(create)
-    sharding = state_sharding(abstract_state, mesh, args.fsdp)
-    example = synthetic_batch(args.batch, size, config.loss.max_targets, config.model.num_classes)
+    sharding = state_sharding(abstract_state, mesh, config.fsdp)
+    example = synthetic_batch(batch_size, size, config.loss.max_targets, config.model.num_classes)
     batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in example.items()}
 
     start = time.perf_counter()
-    print(f"compiling the {args.config} train step: batch {args.batch} on {devices} {jax.devices()[0].platform} "
-          f"device(s), {size[0]}x{size[1]}, {args.dtype}, remat {args.remat}, fsdp {args.fsdp} ...", flush=True)
+    name = config_flags.get_config_filename(FLAGS["config"])
+    print(f"compiling the {name} train step: batch {batch_size} on {devices} {jax.devices()[0].platform} "
+          f"device(s), {size[0]}x{size[1]}, {dtype}, remat {FLAGS.remat}, fsdp {config.fsdp} ...", flush=True)
     with jax.set_mesh(mesh):
         compiled = jit_train_step(config, model, optimizer, mesh, sharding).lower(abstract_state, batch).compile()
     analysis = compiled.memory_analysis()
@@ -67,4 +56,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    _CONFIG = cli.define_config_flag(str(ROOT / "configs" / "ade20k_swin_l.py"))
+    flags.DEFINE_bool("remat", False, "Recompute backbone blocks and decoder layers (config.model.remat_*).")
+    cli.run(main)

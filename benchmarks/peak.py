@@ -1,17 +1,19 @@
 """The machine's measured matmul peak, the denominator of model FLOP utilisation.
 
-    python benchmarks/peak.py [--size 4096] [--dtype float32|bfloat16] [--json]
+    python -m benchmarks.peak [--size 4096] [--dtype float32|bfloat16] [--json]
 
 Times a jitted chain of square matmuls on the default device (after compilation, median of several
 runs) and prints FLOP/s (2 n³ per matmul).
 """
 
-import argparse
 import json
 import time
 
 import jax
 import numpy as np
+from absl import flags
+
+from maskformer_jax import cli
 
 CHAIN = 8  # matmuls per call, so that dispatch does not count
 
@@ -37,12 +39,8 @@ def matmul_peak(size: int, dtype: str, repeats: int = 5) -> float:
     return CHAIN * 2 * size**3 / float(np.median(times))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=0, help="matrix side (default: 1024 on CPU, 8192 otherwise)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--json", action="store_true", help="print one JSON line")
-    args = parser.parse_args()
+def main(argv):
+    args = FLAGS
     size = args.size or (1024 if jax.default_backend() == "cpu" else 8192)
     flops = matmul_peak(size, args.dtype)
     if args.json:
@@ -52,4 +50,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    flags.DEFINE_integer("size", 0, "Matrix side (default: 1024 on CPU, 8192 otherwise).")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Matmul dtype.")
+    flags.DEFINE_bool("json", False, "Print one JSON line.")
+    cli.run(main)

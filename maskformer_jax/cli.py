@@ -11,7 +11,6 @@ import importlib.util
 import pathlib
 import sys
 
-import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -103,9 +102,10 @@ def define_config_flag(default: str | None = None) -> flags.FlagHolder:
         fail(error)
 
 
-def run(main):
+def run(main, arguments: bool = False):
     """absl's app.run with one-line errors: bad flags and USER_ERRORS from `main` print
-    `error: ...` and exit with status 2 (--verbose: the traceback). Logs below WARNING are off."""
+    `error: ...` and exit with status 2 (--verbose: the traceback). Logs below WARNING are off.
+    Positional arguments after the flags are an error unless `arguments` (they reach main's argv)."""
     flags.DEFINE_bool("verbose", False, "Show the traceback of an error instead of its one-line message.")
 
     def parse(argv):
@@ -117,6 +117,8 @@ def run(main):
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every save, jax every backend probe, at INFO
         try:
+            if len(argv) > 1 and not arguments:
+                raise ConfigError(f"unexpected arguments {' '.join(argv[1:])}; flags are --name=value")
             return main(argv)
         except USER_ERRORS as error:
             if flags.FLAGS.verbose:
@@ -132,6 +134,8 @@ def check_config(config: ml_collections.ConfigDict, training: bool):
     devices, the dataset's root and its class count. A config.model.num_classes of 0 is set to the
     dataset's class count (a semantic_folder's classes.txt)."""
     from maskformer_jax import losses, predictor  # the model stack is imported when a command runs
+    import jax
+
     from maskformer_jax.data import pipeline, transforms
     from maskformer_jax.data.metadata import dataset_metadata
     from maskformer_jax.models import build_model

@@ -57,14 +57,14 @@ def format_summary(config: ml_collections.ConfigDict, depth: int = 1, batch_size
     return "\n".join(lines)
 
 
-def main():
-    # Flags are defined here, not at import, so that importing this module defines none.
-    config = cli.define_config_flag()
-    depth = flags.DEFINE_integer("depth", 1, "Module nesting depth of the per-module parameter table.")
-    batch = flags.DEFINE_integer("batch_size", 1, "Batch size of the forward pass whose FLOPs are counted.")
-    flags.mark_flag_as_required("config")
-    cli.run(lambda argv: print(format_summary(config.value, depth.value, batch.value)))
+def main(argv):
+    print(format_summary(_CONFIG.value, FLAGS.depth, FLAGS.batch_size))
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    _CONFIG = cli.define_config_flag()
+    flags.DEFINE_integer("depth", 1, "Module nesting depth of the per-module parameter table.")
+    flags.DEFINE_integer("batch_size", 1, "Batch size of the forward pass whose FLOPs are counted.")
+    flags.mark_flag_as_required("config")
+    cli.run(main)

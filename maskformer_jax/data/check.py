@@ -63,18 +63,14 @@ def check(config, split: str, out=None) -> int:
     return len(problems)
 
 
-def main():
-    # Flags are defined here, not at import, so that importing this module defines none.
-    config = cli.define_config_flag()
-    split = flags.DEFINE_enum("split", "train", ["train", "validation"], "Split to scan.")
-    flags.mark_flag_as_required("config")
-
-    def run(argv):
-        cli.check_config(config.value, training=False)
-        sys.exit(1 if check(config.value, split.value) else 0)
-
-    cli.run(run)
+def main(argv):
+    cli.check_config(_CONFIG.value, training=False)
+    sys.exit(1 if check(_CONFIG.value, FLAGS.split) else 0)
 
 
 if __name__ == "__main__":
-    main()
+    FLAGS = flags.FLAGS
+    _CONFIG = cli.define_config_flag()
+    flags.DEFINE_enum("split", "train", ["train", "validation"], "Split to scan.")
+    flags.mark_flag_as_required("config")
+    cli.run(main)

@@ -8,8 +8,11 @@ and pixel noise. Classes: stuff 0 sky, 1 grass, 2 wall, 3 water; things 4 disc, 
 import pathlib
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
+
+from maskformer_jax import cli
+from maskformer_jax.errors import ConfigError
 
 CLASS_NAMES = ("sky", "grass", "wall", "water", "disc", "box", "triangle")
 THING_CLASSES = (4, 5, 6)
@@ -123,10 +126,9 @@ class SyntheticSource:
 
 def main(argv):
     """Write scenes of the built-in validation set as PNG files (inputs to try predict.py on)."""
-    del argv
-    output, count = pathlib.Path(flags.FLAGS.output), flags.FLAGS.count
+    output, count = pathlib.Path(FLAGS.output), FLAGS.count
     if count < 1:
-        raise app.UsageError(f"--count must be at least 1, got {count}")
+        raise ConfigError(f"--count must be at least 1, got {count}")
     output.mkdir(parents=True, exist_ok=True)
     source = SyntheticSource(count, seed=1)  # the validation scenes (seed 1), as build_source gives them
     for index in range(count):
@@ -135,7 +137,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    FLAGS = flags.FLAGS
     flags.DEFINE_string("output", None, "Folder for the PNG files.")
     flags.DEFINE_integer("count", 4, "How many scenes.")
     flags.mark_flag_as_required("output")
-    app.run(main)
+    cli.run(main)

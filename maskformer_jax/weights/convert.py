@@ -19,8 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 from flax import traverse_util
 
+from maskformer_jax import cli
 from maskformer_jax.models import build_model, init_variables
 from maskformer_jax.files import write_json
 from maskformer_jax.weights.detectron2 import read_pickle, variables_from_detectron2
@@ -95,10 +97,6 @@ def save_variables(output, variables, report: dict) -> pathlib.Path:
 
 
 def main(argv):
-    del argv
-    from absl import flags
-
-    FLAGS = flags.FLAGS
     config = _CONFIG.value
     state_dict = load_state_dict(FLAGS.input)
     variables = convert(FLAGS.source, state_dict, config.model, FLAGS.seed)
@@ -111,10 +109,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from maskformer_jax import cli
-
+    FLAGS = flags.FLAGS
     _CONFIG = cli.define_config_flag()
     flags.DEFINE_enum("source", None, SOURCES, "Format of --input.")
     flags.DEFINE_string("input", None, "The weight file.")
