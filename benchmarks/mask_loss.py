@@ -6,13 +6,13 @@ Peak memory is XLA's compiled estimate for the jitted loss + gradient (argument,
 temporary buffers), so it is the same on any machine with the same backend.
 """
 
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from benchmarks.matching import median_ms
 from configs import base
 from maskformer_jax import cli
 from maskformer_jax.losses import set_loss
@@ -39,14 +39,9 @@ def main(argv):
         step = jax.jit(jax.value_and_grad(lambda o, b, k: set_loss(o, b, config, k)[0]))
         memory = step.lower(outputs, batch, jax.random.key(0)).compile().memory_analysis()
         peak = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
-        jax.block_until_ready(step(outputs, batch, jax.random.key(0)))
-        times = []
-        for i in range(args.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(step(outputs, batch, jax.random.key(i)))
-            times.append(time.perf_counter() - start)
+        milliseconds = median_ms(lambda: jax.block_until_ready(step(outputs, batch, jax.random.key(0))), args.repeats)
         name = "dense (paper)" if num_points == 0 else f"{num_points} points (Mask2Former)"
-        print(f"{name:<28} {peak / 2**20:>10.0f} {1e3 * np.median(times):>15.0f}")
+        print(f"{name:<28} {peak / 2**20:>10.0f} {milliseconds:>15.0f}")
 
 
 if __name__ == "__main__":

@@ -39,24 +39,26 @@ def label_values(height=24, width=32, classes=(0, 1, 2), ignore=255):
     return values
 
 
+def write_pairs(root, image, label, stems, values, dtype=np.uint8):
+    """An image and a label file per stem (paths `image` / `label` with {stem}); → the first pair's paths."""
+    for i, stem in enumerate(stems):
+        write_image(root / image.format(stem=stem), seed=i)
+        write_label(root / label.format(stem=stem), values, dtype)
+    return root / image.format(stem=stems[0]), root / label.format(stem=stems[0])
+
+
 # dataset name → (write the layout of one split into root; (image path, label path) of its first example)
 def write_coco_stuff(root, split):
     folder = {"train": "train", "validation": "test"}[split]
-    for i, stem in enumerate(("COCO_train2014_000000000077", "COCO_train2014_000000000078")):
-        write_image(root / f"images_detectron2/{folder}/{stem}.jpg", seed=i)
-        write_label(root / f"annotations_detectron2/{folder}/{stem}.png", label_values(classes=(0, 91, 170)))
-    return root / f"images_detectron2/{folder}/COCO_train2014_000000000077.jpg", \
-        root / f"annotations_detectron2/{folder}/COCO_train2014_000000000077.png"
+    return write_pairs(root, f"images_detectron2/{folder}/{{stem}}.jpg", f"annotations_detectron2/{folder}/{{stem}}.png",
+                       ("COCO_train2014_000000000077", "COCO_train2014_000000000078"), label_values(classes=(0, 91, 170)))
 
 
 def write_ade20k_full(root, split):
     folder = {"train": "training", "validation": "validation"}[split]
-    for i, stem in enumerate(("ADE_train_00000001", "ADE_train_00000002")):
-        write_image(root / f"images_detectron2/{folder}/{stem}.jpg", seed=i)
-        write_label(root / f"annotations_detectron2/{folder}/{stem}.tif",
-                    label_values(classes=(0, 500, 846), ignore=65535), np.uint16)
-    return root / f"images_detectron2/{folder}/ADE_train_00000001.jpg", \
-        root / f"annotations_detectron2/{folder}/ADE_train_00000001.tif"
+    return write_pairs(root, f"images_detectron2/{folder}/{{stem}}.jpg", f"annotations_detectron2/{folder}/{{stem}}.tif",
+                       ("ADE_train_00000001", "ADE_train_00000002"), label_values(classes=(0, 500, 846), ignore=65535),
+                       np.uint16)
 
 
 def write_cityscapes(root, split):
@@ -73,10 +75,8 @@ def write_cityscapes(root, split):
 
 def write_mapillary(root, split):
     folder = {"train": "training", "validation": "validation"}[split]
-    for i, stem in enumerate(("--2Z2T3B1bK2Q1qUh6Q3yA", "-0-6IWz6wNvVOHW1xkrQwA")):
-        write_image(root / f"{folder}/images/{stem}.jpg", seed=i)
-        write_label(root / f"{folder}/labels/{stem}.png", label_values(classes=(0, 30, 64), ignore=65))
-    return root / f"{folder}/images/--2Z2T3B1bK2Q1qUh6Q3yA.jpg", root / f"{folder}/labels/--2Z2T3B1bK2Q1qUh6Q3yA.png"
+    return write_pairs(root, f"{folder}/images/{{stem}}.jpg", f"{folder}/labels/{{stem}}.png",
+                       ("--2Z2T3B1bK2Q1qUh6Q3yA", "-0-6IWz6wNvVOHW1xkrQwA"), label_values(classes=(0, 30, 64), ignore=65))
 
 
 WRITERS = {"coco_stuff_10k": (write_coco_stuff, 171, (0, 91, 170), ("person", "ceiling-tile", "wood")),

@@ -43,11 +43,10 @@ class _Semantic(tfds.core.GeneratorBasedBuilder):
             })
         )
 
-    def _source(self, root, split):
-        raise NotImplementedError
+    SOURCE = None  # (root, split) → the dataset's source (data/sources.py)
 
     def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(self._source(dl_manager.manual_dir, split)) for split in ("train", "validation")}
+        return {split: self._generate_examples(self.SOURCE(dl_manager.manual_dir, split)) for split in ("train", "validation")}
 
     def _generate_examples(self, source):
         for index in range(len(source)):
@@ -64,18 +63,14 @@ class Ade20kSemantic(_Semantic):
     """ADEChallengeData2016 (150 classes): label PNGs store classes 0..149 and 255 for ignore."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder that holds ADEChallengeData2016/ as the source folder."
-
-    def _source(self, root, split):
-        return sources.ade20k_source(root, split)
+    SOURCE = staticmethod(sources.ade20k_source)
 
 
 class CocoStuff10k(_Semantic):
     """COCO-Stuff-10K (171 classes; its test split as validation)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the coco_stuff_10k folder that prepare_coco_stuff_10k_v1.0_sem_seg.py wrote."
-
-    def _source(self, root, split):
-        return sources.coco_stuff_10k_source(root, split)
+    SOURCE = staticmethod(sources.coco_stuff_10k_source)
 
 
 class Ade20kFull(_Semantic):
@@ -83,18 +78,14 @@ class Ade20kFull(_Semantic):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the ADE20K_2021_17_01 folder that prepare_ade20k_full_sem_seg.py wrote into."
     LABEL_DTYPE, IGNORE = np.uint16, 65535
-
-    def _source(self, root, split):
-        return sources.ade20k_full_source(root, split)
+    SOURCE = staticmethod(sources.ade20k_full_source)
 
 
 class Cityscapes(_Semantic):
     """Cityscapes fine (19 classes, trainId labels)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the cityscapes folder with leftImg8bit/ and gtFine/ (*_labelTrainIds.png)."
-
-    def _source(self, root, split):
-        return sources.cityscapes_source(root, split)
+    SOURCE = staticmethod(sources.cityscapes_source)
 
 
 class MapillaryVistas(_Semantic):
@@ -102,9 +93,7 @@ class MapillaryVistas(_Semantic):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the mapillary_vistas folder with training/ and validation/."
     IGNORE = 65
-
-    def _source(self, root, split):
-        return sources.mapillary_vistas_source(root, split)
+    SOURCE = staticmethod(sources.mapillary_vistas_source)
 
 
 class _Panoptic(tfds.core.GeneratorBasedBuilder):

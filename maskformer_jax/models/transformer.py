@@ -105,6 +105,12 @@ class FeedForward(nn.Module):
         return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_xavier, name="linear2")(y)
 
 
+def add_and_norm(x, y, name: str, dropout: float, train: bool, dtype):
+    """The post-norm residual of the reference's layers: LayerNorm(x + dropout(y)), the norm named `name`."""
+    y = nn.Dropout(dropout, deterministic=not train)(y)
+    return nn.LayerNorm(LAYER_NORM_EPSILON, dtype=dtype, name=name)(x + y)
+
+
 class EncoderLayer(nn.Module):
     """Post-norm self-attention layer; the position encoding is added to queries and keys only."""
 
@@ -116,13 +122,11 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, pos, key_valid=None, train: bool = False):
         """x: [B, N, C] tokens, pos: [N, C] or [B, N, C], key_valid: bool [B, N] or None → [B, N, C]."""
-        drop = nn.Dropout(self.dropout, deterministic=not train)
-        norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
+        residual = functools.partial(add_and_norm, dropout=self.dropout, train=train, dtype=self.dtype)
         qk = x + pos
         y = attention(self.num_heads, self.dropout, self.dtype, "self_attn", train)(qk, qk, x, mask=key_mask(key_valid))
-        x = norm(name="norm1")(x + drop(y))
-        y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
-        return norm(name="norm2")(x + drop(y))
+        x = residual(x, y, "norm1")
+        return residual(x, FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train), "norm2")
 
 
 class DecoderLayer(nn.Module):
@@ -137,16 +141,13 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, query_pos, memory, memory_pos, memory_valid=None, train: bool = False):
         """x: [B, Q, C], query_pos: [Q, C], memory: [B, N, C], memory_pos: [N, C] or [B, N, C],
         memory_valid: bool [B, N] or None (image tokens) → [B, Q, C]."""
-        drop = nn.Dropout(self.dropout, deterministic=not train)
-        norm = functools.partial(nn.LayerNorm, LAYER_NORM_EPSILON, dtype=self.dtype)
+        residual = functools.partial(add_and_norm, dropout=self.dropout, train=train, dtype=self.dtype)
         q = x + query_pos
-        y = attention(self.num_heads, self.dropout, self.dtype, "self_attn", train)(q, q, x)
-        x = norm(name="norm1")(x + drop(y))
+        x = residual(x, attention(self.num_heads, self.dropout, self.dtype, "self_attn", train)(q, q, x), "norm1")
         y = attention(self.num_heads, self.dropout, self.dtype, "cross_attn", train)(
             x + query_pos, memory + memory_pos, memory, mask=key_mask(memory_valid))
-        x = norm(name="norm2")(x + drop(y))
-        y = FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train)
-        return norm(name="norm3")(x + drop(y))
+        x = residual(x, y, "norm2")
+        return residual(x, FeedForward(self.dim_feedforward, self.dropout, self.dtype, name="ffn")(x, train), "norm3")
 
 
 class TransformerEncoder(nn.Module):

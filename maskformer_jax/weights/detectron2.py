@@ -14,8 +14,8 @@ from typing import Iterator, Mapping
 import ml_collections
 import numpy as np
 
-from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict, dense,
-                                          linear, norm, same, to_numpy)
+from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict,
+                                          linear, norm, same, swin_backbone_rules, to_numpy)
 
 # Buffers that no Flax variable needs: BatchNorm counters, Swin's derived index and mask tables, the
 # loss's class weights and the input normalisation (ours is models.normalize).
@@ -78,30 +78,17 @@ def swin_rules(backbone_config: ml_collections.ConfigDict, prefix: str, out_norm
     out_norms: also the per-stage output LayerNorms `{prefix}norm{s}` of MaskFormer's
     `D2SwinTransformer` (ImageNet classification checkpoints have none).
     """
-    target = ("params", "backbone")
-    yield from conv_with_bias(target + ("patch_embed",), f"{prefix}patch_embed.proj")
-    yield from norm(target + ("patch_norm",), f"{prefix}patch_embed.norm")
-    for stage, depth in enumerate(backbone_config.depths):
-        layer = f"{prefix}layers.{stage}."
-        for block in range(depth):
-            source = f"{layer}blocks.{block}."
-            path = target + (f"stage{stage}_block{block}",)
-            # qkv is one Linear(C, 3C) in both; its output splits as (3, heads, head_dim) in both.
-            yield from linear(path + ("attn", "qkv"), source + "attn.qkv")
-            yield Rule(
-                path + ("attn", "relative_position_bias_table"), [source + "attn.relative_position_bias_table"], same
-            )
-            yield from linear(path + ("attn", "proj"), source + "attn.proj")
-            yield from norm(path + ("norm1",), source + "norm1")
-            yield from norm(path + ("norm2",), source + "norm2")
-            yield from linear(path + ("fc1",), source + "mlp.fc1")
-            yield from linear(path + ("fc2",), source + "mlp.fc2")
-        if stage < len(backbone_config.depths) - 1:
-            downsample = target + (f"stage{stage}_downsample",)
-            yield Rule(downsample + ("reduction", "kernel"), [layer + "downsample.reduction.weight"], dense)
-            yield from norm(downsample + ("norm",), layer + "downsample.norm")
-        if out_norms:
-            yield from norm(target + (f"norm{stage}",), f"{prefix}norm{stage}")
+    def block_names(stage, block):
+        source = f"{prefix}layers.{stage}.blocks.{block}."
+        # qkv is one Linear(C, 3C) in both; its output splits as (3, heads, head_dim) in both.
+        return {"qkv": lambda path: linear(path, source + "attn.qkv"),
+                "relative_position_bias_table": source + "attn.relative_position_bias_table",
+                "proj": source + "attn.proj", "norm1": source + "norm1", "norm2": source + "norm2",
+                "fc1": source + "mlp.fc1", "fc2": source + "mlp.fc2"}
+
+    yield from swin_backbone_rules(backbone_config.depths, f"{prefix}patch_embed.proj", f"{prefix}patch_embed.norm", block_names,
+                          lambda stage: f"{prefix}layers.{stage}.downsample",
+                          lambda stage: f"{prefix}norm{stage}" if out_norms else None)
 
 
 def _multihead_attention_rules(path, prefix, num_heads) -> Iterator[Rule]:

@@ -9,8 +9,8 @@ from typing import Iterator, Mapping
 import ml_collections
 import numpy as np
 
-from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict, dense,
-                                          linear, norm, same)
+from maskformer_jax.weights.rules import (Rule, conv_frozen_bn, conv_group_norm, conv_with_bias, convert_state_dict,
+                                          linear, norm, same, swin_backbone_rules)
 
 # Source tensors that no Flax variable needs: derived buffers, the loss's class weights, and the final
 # LayerNorm of HF's Swin model, which no backbone output goes through.
@@ -42,40 +42,24 @@ def _resnet_rules(config) -> Iterator[Rule]:
 
 def _swin_rules(config) -> Iterator[Rule]:
     prefix = "model.pixel_level_module.encoder."
-    target = ("params", "backbone")
     embeddings = prefix + "model.embeddings."
-    yield from conv_with_bias(target + ("patch_embed",), embeddings + "patch_embeddings.projection")
-    yield from norm(target + ("patch_norm",), embeddings + "norm")
-    for stage, depth in enumerate(config.depths):
-        layer = f"{prefix}model.encoder.layers.{stage}."
-        for block in range(depth):
-            source = f"{layer}blocks.{block}."
-            path = target + (f"stage{stage}_block{block}",)
-            attention = source + "attention.self."
-            qkv = [f"{attention}{name}" for name in ("query", "key", "value")]
-            yield Rule(
-                path + ("attn", "qkv", "kernel"),
-                [f"{name}.weight" for name in qkv],
-                lambda *w: np.concatenate(w, axis=0).T,
-            )
-            yield Rule(
-                path + ("attn", "qkv", "bias"), [f"{name}.bias" for name in qkv], lambda *b: np.concatenate(b)
-            )
-            yield Rule(
-                path + ("attn", "relative_position_bias_table"),
-                [attention + "relative_position_bias_table"],
-                same,
-            )
-            yield from linear(path + ("attn", "proj"), source + "attention.output.dense")
-            yield from norm(path + ("norm1",), source + "layernorm_before")
-            yield from norm(path + ("norm2",), source + "layernorm_after")
-            yield from linear(path + ("fc1",), source + "intermediate.dense")
-            yield from linear(path + ("fc2",), source + "output.dense")
-        if stage < len(config.depths) - 1:
-            downsample = target + (f"stage{stage}_downsample",)
-            yield Rule(downsample + ("reduction", "kernel"), [layer + "downsample.reduction.weight"], dense)
-            yield from norm(downsample + ("norm",), layer + "downsample.norm")
-        yield from norm(target + (f"norm{stage}",), f"{prefix}hidden_states_norms.{stage}")
+
+    def block_names(stage, block):
+        source = f"{prefix}model.encoder.layers.{stage}.blocks.{block}."
+        attention = source + "attention.self."
+        qkv = [f"{attention}{name}" for name in ("query", "key", "value")]
+
+        def qkv_rules(path):  # three Linear(C, C) → our one qkv of [C, 3C]
+            yield Rule(path + ("kernel",), [f"{name}.weight" for name in qkv], lambda *w: np.concatenate(w, axis=0).T)
+            yield Rule(path + ("bias",), [f"{name}.bias" for name in qkv], lambda *b: np.concatenate(b))
+
+        return {"qkv": qkv_rules, "relative_position_bias_table": attention + "relative_position_bias_table",
+                "proj": source + "attention.output.dense", "norm1": source + "layernorm_before",
+                "norm2": source + "layernorm_after", "fc1": source + "intermediate.dense", "fc2": source + "output.dense"}
+
+    yield from swin_backbone_rules(config.depths, embeddings + "patch_embeddings.projection", embeddings + "norm", block_names,
+                          lambda stage: f"{prefix}model.encoder.layers.{stage}.downsample",
+                          lambda stage: f"{prefix}hidden_states_norms.{stage}")
 
 
 def _attention_rules(path, prefix, num_heads) -> Iterator[Rule]:

@@ -3,7 +3,7 @@ tensors, and a conversion fails, naming the keys, when a source tensor is missin
 not deliberately skipped), or has the wrong shape, or when the class count differs from the config's.
 """
 
-from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
@@ -74,6 +74,33 @@ def conv_frozen_bn(path, conv_prefix, norm_prefix):
     stats = [f"{norm_prefix}.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
     yield Rule(("frozen",) + path[1:] + ("norm", "scale"), stats, bn_scale)
     yield Rule(("frozen",) + path[1:] + ("norm", "bias"), stats, bn_bias)
+
+
+def swin_backbone_rules(depths, patch_embed: str, patch_norm: str, block_names, downsample, stage_norm) -> Iterator[Rule]:
+    """Our Swin backbone from a checkpoint layout that the arguments name: the patch embedding's conv and
+    norm prefixes; block_names(stage, block) → {"qkv": rules for ("attn", "qkv") given its path,
+    "relative_position_bias_table": name, and prefixes "proj", "norm1", "norm2", "fc1", "fc2"};
+    downsample(stage) → the patch merging prefix; stage_norm(stage) → an output norm prefix or None."""
+    target = ("params", "backbone")
+    yield from conv_with_bias(target + ("patch_embed",), patch_embed)
+    yield from norm(target + ("patch_norm",), patch_norm)
+    for stage, depth in enumerate(depths):
+        for block in range(depth):
+            path, names = target + (f"stage{stage}_block{block}",), block_names(stage, block)
+            yield from names["qkv"](path + ("attn", "qkv"))
+            table = ("attn", "relative_position_bias_table")
+            yield Rule(path + table, [names["relative_position_bias_table"]], same)
+            yield from linear(path + ("attn", "proj"), names["proj"])
+            for name in ("norm1", "norm2"):
+                yield from norm(path + (name,), names[name])
+            for name in ("fc1", "fc2"):
+                yield from linear(path + (name,), names[name])
+        if stage < len(depths) - 1:
+            merging, prefix = target + (f"stage{stage}_downsample",), downsample(stage)
+            yield Rule(merging + ("reduction", "kernel"), [prefix + ".reduction.weight"], dense)
+            yield from norm(merging + ("norm",), prefix + ".norm")
+        if stage_norm(stage):
+            yield from norm(target + (f"norm{stage}",), stage_norm(stage))
 
 
 def variable_shapes(model_config: ml_collections.ConfigDict) -> dict:
