@@ -42,3 +42,13 @@ def test_documented_command_parses(document, line):
     # absl exits with status 1 after printing the help; a bad flag, file or key is an `error:` line instead.
     assert "Try --helpfull" in result.stdout and "error" not in result.stderr.lower(), \
         f"{document}: {line}\n{result.stderr[-2000:]}"
+
+
+def test_the_module_map_lists_the_tree():
+    """docs/design.md's module map names every module of the package and nothing that is not there."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    block = text.split("## Module map")[1].split("```")[1]
+    listed = {line.split()[0] for line in block.strip().splitlines()}
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "maskformer_jax").rglob("*.py") if path.name != "__init__.py"}
+    assert {name for name in listed if name.startswith("maskformer_jax/")} == modules
+    assert all((ROOT / name).exists() for name in listed)
