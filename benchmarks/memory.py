@@ -1,13 +1,19 @@
-"""Memory of one train step per device, from XLA's analysis of the compiled step (nothing is run).
+"""Memory of the train step (and with --eval the inference step) per device, from XLA's analysis of the
+compiled program: nothing runs, so a TPU slice can be checked from any machine.
 
     python -m benchmarks.memory --config configs/ade20k_swin_l.py --config.batch_size=16 \
-        [--config.model.dtype=bfloat16] [--remat] [--config.fsdp=True]
+        [--topology v5e:2x4] [--eval] [--remat] [--config.fsdp=True] [--config.model.dtype=bfloat16]
 
-The step is the one train.py compiles for the config: its global batch (config.batch_size, split over
-all devices) of config.dataset.image_size crops. Prints, per device, the train state (parameters and
-AdamW moments; split over devices with config.fsdp), XLA's temporary buffers (activations kept for
-the backward pass and work space) and their sum, next to the memory the device reports. --remat
-turns on config.model.remat_backbone and remat_decoder.
+The train step is the one train.py compiles for the config: its global batch (config.batch_size, split
+over the devices) of config.dataset.image_size crops. --eval adds the inference step eval.py compiles:
+config.eval.batch_size (rounded up to the device count) landscape 4:3 images resized by the test
+mapper (short side dataset.min_size_test, long side at most max_size_test) and padded as eval pads.
+Without --topology the devices are this machine's; with it, the chips of that TPU slice (libtpu
+compiles for them here: `pip install libtpu`), e.g. v5e:2x4 (8 chips), v4:2x2x4 (16), v5p:2x2x1 (4),
+v6e:4x4 (16). Prints, per device, the arguments (train: parameters, AdamW moments and the batch;
+split over devices with config.fsdp), XLA's temporary buffers (activations kept for the backward pass,
+work space) and their sum, against the device's memory: what the device reports, or a TPU chip's HBM
+(devices.TPU_HBM_GIB). --remat turns on config.model.remat_backbone and remat_decoder.
 """
 
 import time
@@ -18,45 +24,76 @@ from ml_collections import config_flags
 
 from benchmarks.compare import ROOT, synthetic_batch
 from maskformer_jax import cli
-from maskformer_jax.devices import make_mesh
+from maskformer_jax.data import transforms
+from maskformer_jax.data.metadata import dataset_metadata
+from maskformer_jax.devices import TPU_HBM_GIB, make_mesh, tpu_topology
 from maskformer_jax.errors import ConfigError
 from maskformer_jax.models import build_model
+from maskformer_jax.predictor import Predictor
 from maskformer_jax.training.optimizer import build_optimizer
 from maskformer_jax.training.state import create_train_state, state_sharding
 from maskformer_jax.training.step import jit_train_step
 
 
+GIB = 2.0**30
+
+
+def report(what: str, compiled, start: float, memory_gib: float | None):
+    """One line: compile time and per-device arguments, temporaries and total against `memory_gib`."""
+    analysis = compiled.memory_analysis()
+    arguments, temporary = analysis.argument_size_in_bytes / GIB, analysis.temp_size_in_bytes / GIB
+    total = arguments + temporary
+    line = (f"{what}: compiled in {time.perf_counter() - start:.0f} s; per device: arguments {arguments:.2f} GiB, "
+            f"temporary {temporary:.2f} GiB, total {total:.2f} GiB")
+    if memory_gib:
+        line += f" of {memory_gib:.1f} GiB: " + ("fits" if total <= memory_gib else "does not fit")
+    print(line, flush=True)
+
+
 def main(argv):
-    config, devices = _CONFIG.value, jax.device_count()
-    if config.batch_size % devices:
-        raise ConfigError(f"config.batch_size {config.batch_size} does not split over {devices} devices")
+    config, name = _CONFIG.value, config_flags.get_config_filename(FLAGS["config"])
+    devices = tpu_topology(FLAGS.topology) if FLAGS.topology else jax.devices()
+    if config.batch_size % len(devices):
+        raise ConfigError(f"config.batch_size {config.batch_size} does not split over {len(devices)} devices")
     if FLAGS.remat:
         config.model.remat_backbone = config.model.remat_decoder = True
-    size, batch_size, dtype = tuple(config.dataset.image_size), config.batch_size, config.model.dtype
-    model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh()
+    if FLAGS.topology:
+        memory_gib = TPU_HBM_GIB[FLAGS.topology.split(":")[0]]
+    else:
+        memory_gib = (jax.devices()[0].memory_stats() or {}).get("bytes_limit", 0) / GIB
+    size, batch_size = tuple(config.dataset.image_size), config.batch_size
+    print(f"{name}: {len(devices)} x {devices[0].device_kind}"
+          + (f" ({FLAGS.topology})" if FLAGS.topology else "")
+          + f", {config.model.dtype}, remat {FLAGS.remat}, fsdp {config.fsdp}", flush=True)
+
+    model, optimizer, mesh = build_model(config.model), build_optimizer(config), make_mesh(devices)
     create = lambda: create_train_state(config, model, optimizer, jax.random.PRNGKey(0))  # noqa: E731
     abstract_state = jax.eval_shape(create)
     sharding = state_sharding(abstract_state, mesh, config.fsdp)
     example = synthetic_batch(batch_size, size, config.loss.max_targets, config.model.num_classes)
     batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in example.items()}
-
     start = time.perf_counter()
-    name = config_flags.get_config_filename(FLAGS["config"])
-    print(f"compiling the {name} train step: batch {batch_size} on {devices} {jax.devices()[0].platform} "
-          f"device(s), {size[0]}x{size[1]}, {dtype}, remat {FLAGS.remat}, fsdp {config.fsdp} ...", flush=True)
     with jax.set_mesh(mesh):
         compiled = jit_train_step(config, model, optimizer, mesh, sharding).lower(abstract_state, batch).compile()
-    analysis = compiled.memory_analysis()
-    gib = 2.0**30
-    state, temp = analysis.argument_size_in_bytes / gib, analysis.temp_size_in_bytes / gib
-    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    print(f"compiled in {time.perf_counter() - start:.0f} s; per device: state and batch {state:.2f} GiB, "
-          f"temporary {temp:.2f} GiB, total {state + temp:.2f} GiB"
-          + (f" of {limit / gib:.1f} GiB" if limit else ""))
+    report(f"train step, batch {batch_size} of {size[0]}x{size[1]}", compiled, start, memory_gib)
+
+    if FLAGS.eval:
+        dataset = config.dataset
+        height, width = transforms.resized_shape(3, 4, dataset.min_size_test, dataset.max_size_test)
+        divisor = dataset.size_divisibility or 1
+        padded = transforms.round_up(height, divisor), transforms.round_up(width, divisor)
+        predictor = Predictor(config, model, dataset_metadata(dataset), devices)
+        eval_batch = transforms.round_up(config.eval.batch_size, len(devices))
+        start = time.perf_counter()
+        compiled = predictor.lower(eval_batch, padded, predictor.canvas(height, width)).compile()
+        report(f"inference step ({config.inference.task}), batch {eval_batch} of {padded[0]}x{padded[1]}", compiled,
+               start, memory_gib)
 
 
 if __name__ == "__main__":
     FLAGS = flags.FLAGS
     _CONFIG = cli.define_config_flag(str(ROOT / "configs" / "ade20k_swin_l.py"))
     flags.DEFINE_bool("remat", False, "Recompute backbone blocks and decoder layers (config.model.remat_*).")
+    flags.DEFINE_string("topology", None, "Compile for this TPU slice instead of this machine's devices, e.g. v5e:2x4.")
+    flags.DEFINE_bool("eval", False, "Also compile the inference step at the config's test size.")
     cli.run(main)

@@ -4,7 +4,9 @@ Solvers share one signature, `(cost [..., B, Q, T], valid [B, T]) -> assignment 
 index per query, -1 for unmatched): every valid target gets exactly one query, padded targets none.
 - "jax": an exact shortest-augmenting-path solver (the algorithm of scipy's linear_sum_assignment)
   that runs on device, vmapped over matrices, and loops only over the valid targets.
-- "scipy": scipy's linear_sum_assignment on the host through one `jax.pure_callback` per device.
+- "scipy": scipy's linear_sum_assignment on the host through one `jax.pure_callback` per device;
+  on GPUs and TPUs too, where each step sends the costs to the host and back (tests/test_tpu.py
+  compiles it for a TPU slice).
 Under a mesh with a "data" axis, `match` runs the solver in `jax.shard_map`, so each device solves its
 own shard of the batch (a bare callback would run once, on one device, for the global batch).
 """

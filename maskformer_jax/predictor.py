@@ -60,7 +60,8 @@ class Predictor:
     through `predict_views`, one compiled program per (padded size, canvas size).
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, model, metadata):
+    def __init__(self, config: ml_collections.ConfigDict, model, metadata, devices=None):
+        """devices: where it runs, by default this process's (e.g. devices.tpu_topology to compile only)."""
         validate(config)
         self.config, self.model, self.metadata = config, model, metadata
         self.num_classes = config.model.num_classes
@@ -69,9 +70,9 @@ class Predictor:
                               f"config.model.num_classes is {self.num_classes}")
         self.task = config.inference.task
         self.padding_absent = transforms.padding_absent(config.dataset)
-        self.mesh = make_mesh(jax.local_devices())
+        self.mesh = make_mesh(jax.local_devices() if devices is None else devices)
         self._predict = jax.jit(self._predict_fn, static_argnames=("canvas", "instances"),
-                                compiler_options=compiler_options())
+                                compiler_options=compiler_options(self.mesh.devices.flat[0].platform))
 
     # ---- on device ----
 
@@ -142,7 +143,7 @@ class Predictor:
 
     def put(self, array):
         """Shard a batch over this process's devices (replicate one that does not divide)."""
-        spec = PartitionSpec("data") if len(array) % jax.local_device_count() == 0 else PartitionSpec()
+        spec = PartitionSpec("data") if len(array) % self.mesh.size == 0 else PartitionSpec()
         return jax.device_put(array, NamedSharding(self.mesh, spec))
 
     def predict_views(self, variables, views, original_size, flips, canvas, instances=False):
@@ -150,7 +151,7 @@ class Predictor:
         to a multiple of the device count); instance results only when `instances` (not scored)."""
         divisor = self.config.dataset.size_divisibility or 1
         pad = tuple(transforms.round_up(max(view.shape[axis] for view in views), divisor) for axis in (0, 1))
-        count = transforms.round_up(len(views), jax.local_device_count())
+        count = transforms.round_up(len(views), self.mesh.size)
         views = list(views) + [views[0]] * (count - len(views))
         images = np.zeros((count, *pad, 3), np.uint8)
         for i, view in enumerate(views):
@@ -160,6 +161,18 @@ class Predictor:
         flips = np.resize(np.asarray(flips, bool), count)
         return self._predict(variables, *map(self.put, (images, sizes, original, flips)), canvas=canvas,
                              instances=instances)
+
+    def lower(self, batch_size: int, input_size, canvas, instances: bool = False):
+        """The program `predict_views` runs for `batch_size` images padded to `input_size` (H, W) on a
+        `canvas`, lowered from shapes alone (nothing runs): `.compile()` it, e.g. for a TPU topology."""
+        replicated, split = NamedSharding(self.mesh, PartitionSpec()), NamedSharding(self.mesh, PartitionSpec("data"))
+        variables = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+                                 abstract_variables(self.config.model))
+        images = jax.ShapeDtypeStruct((batch_size, *input_size, 3), jnp.uint8, sharding=split)
+        sizes = jax.ShapeDtypeStruct((batch_size, 2), jnp.int32, sharding=split)
+        flips = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=split)
+        with jax.set_mesh(self.mesh):
+            return self._predict.lower(variables, images, sizes, sizes, flips, canvas=tuple(canvas), instances=instances)
 
     def canvas(self, height: int, width: int) -> tuple[int, int]:
         """The canvas that holds an original size: rounded up to eval.canvas_divisibility."""

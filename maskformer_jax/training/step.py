@@ -68,5 +68,5 @@ def jit_train_step(config, model, optimizer, mesh, sharding):
         in_shardings=(sharding, {key: data for key in BATCH_KEYS}),
         out_shardings=(sharding, NamedSharding(mesh, PartitionSpec())),
         donate_argnums=0,
-        compiler_options=compiler_options(),
+        compiler_options=compiler_options(mesh.devices.flat[0].platform),
     )
