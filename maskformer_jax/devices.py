@@ -40,6 +40,8 @@ def tpu_topology(name: str) -> list:
     # libtpu reads the slice from these on a TPU host; set them so that it does not probe the network.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", _ACCELERATOR_TYPES[version].format(chips=chips, cores=2 * chips))
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Compile-only devices need no chip to themselves: let other processes load libtpu at the same time.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     options = {"chip_config_name": "megacore"} if version in _MEGACORE else {}
