@@ -36,7 +36,8 @@ def tpu_topology(name: str) -> list:
                           "e.g. v5e:2x4 or v4:2x2x4")
     if importlib.util.find_spec("libtpu") is None:
         raise ConfigError(f"--topology {name}: compiling for a TPU needs the libtpu package (pip install libtpu)")
-    chips = math.prod(int(side) for side in shape.split("x"))
+    sides = [int(side) for side in shape.split("x")]
+    chips = math.prod(sides)
     # libtpu reads the slice from these on a TPU host; set them so that it does not probe the network.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", _ACCELERATOR_TYPES[version].format(chips=chips, cores=2 * chips))
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
@@ -45,6 +46,8 @@ def tpu_topology(name: str) -> list:
     from jax.experimental import topologies
 
     options = {"chip_config_name": "megacore"} if version in _MEGACORE else {}
+    if chips < 4:  # a slice smaller than a host's 2x2 chips is one host of that size
+        options["chips_per_host_bounds"] = tuple(sides + [1] * (3 - len(sides)))
     try:
         return topologies.get_topology_desc(name, "tpu", **options).devices
     except jax.errors.JaxRuntimeError as error:
