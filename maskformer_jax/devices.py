@@ -54,7 +54,6 @@ def tpu_topology(name: str) -> list:
         raise ConfigError(f"--topology {name}: libtpu does not accept it: {str(error).splitlines()[0]}") from error
 
 
-
 # XLA's CPU backend hands dots, reductions and convolutions to YNNPACK by default. On the 2-core x86
 # machine of README's Performance section its convolutions are slower than XLA's own (Eigen): a 3x3
 # 256→256 convolution at 128² takes 111 vs 78 ms; at 512², the ResNet-50 train step 3.59 vs 3.27 s and

@@ -18,7 +18,7 @@ class Progress:
         self.active = jax.process_index() == 0
         self.tty = self.active and log is print and sys.stdout.isatty()
         self.started = self.mark = time.time()
-        self.marked_done = done
+        self.started_done = self.marked_done = done
 
     def advance(self, count: int = 1):
         self.done += count
@@ -29,7 +29,7 @@ class Progress:
 
     def rate(self, since_start: bool = False) -> float:
         now = time.time()
-        since, done = (self.started, 0) if since_start else (self.mark, self.marked_done)
+        since, done = (self.started, self.started_done) if since_start else (self.mark, self.marked_done)
         rate = (self.done - done) / max(now - since, 1e-9)
         if not since_start:
             self.mark, self.marked_done = now, self.done
