@@ -13,7 +13,9 @@ compiles for them here: `pip install libtpu`), e.g. v5e:2x4 (8 chips), v4:2x2x4 
 v6e:4x4 (16). Prints, per device, the arguments (train: parameters, AdamW moments and the batch;
 split over devices with config.fsdp), XLA's temporary buffers (activations kept for the backward pass,
 work space) and their sum, against the device's memory: what the device reports, or a TPU chip's HBM
-(devices.TPU_HBM_GIB). --remat turns on config.model.remat_backbone and remat_decoder.
+(devices.TPU_HBM_GIB). A TPU program that does not fit its chip does not compile: the line then gives
+XLA's message, which says how much the temporaries need. --remat turns on config.model.remat_backbone
+and remat_decoder.
 """
 
 import time
@@ -38,8 +40,18 @@ from maskformer_jax.training.step import jit_train_step
 GIB = 2.0**30
 
 
-def report(what: str, compiled, start: float, memory_gib: float | None):
-    """One line: compile time and per-device arguments, temporaries and total against `memory_gib`."""
+def compile_and_report(what: str, lower, memory_gib: float | None):
+    """Compiles `lower()` and prints one line: compile time and per-device arguments, temporaries and
+    total against `memory_gib`, or XLA's out-of-memory message when the program does not fit."""
+    start = time.perf_counter()
+    try:
+        compiled = lower().compile()
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        print(f"{what}: compiled in {time.perf_counter() - start:.0f} s; does not fit: {str(error).splitlines()[0]}",
+              flush=True)
+        return
     analysis = compiled.memory_analysis()
     arguments, temporary = analysis.argument_size_in_bytes / GIB, analysis.temp_size_in_bytes / GIB
     total = arguments + temporary
@@ -72,10 +84,10 @@ def main(argv):
     sharding = state_sharding(abstract_state, mesh, config.fsdp)
     example = synthetic_batch(batch_size, size, config.loss.max_targets, config.model.num_classes)
     batch = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in example.items()}
-    start = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = jit_train_step(config, model, optimizer, mesh, sharding).lower(abstract_state, batch).compile()
-    report(f"train step, batch {batch_size} of {size[0]}x{size[1]}", compiled, start, memory_gib)
+        train_step = jit_train_step(config, model, optimizer, mesh, sharding)
+        compile_and_report(f"train step, batch {batch_size} of {size[0]}x{size[1]}",
+                           lambda: train_step.lower(abstract_state, batch), memory_gib)
 
     if FLAGS.eval:
         dataset = config.dataset
@@ -84,10 +96,8 @@ def main(argv):
         padded = transforms.round_up(height, divisor), transforms.round_up(width, divisor)
         predictor = Predictor(config, model, dataset_metadata(dataset), devices)
         eval_batch = transforms.round_up(config.eval.batch_size, len(devices))
-        start = time.perf_counter()
-        compiled = predictor.lower(eval_batch, padded, predictor.canvas(height, width)).compile()
-        report(f"inference step ({config.inference.task}), batch {eval_batch} of {padded[0]}x{padded[1]}", compiled,
-               start, memory_gib)
+        compile_and_report(f"inference step ({config.inference.task}), batch {eval_batch} of {padded[0]}x{padded[1]}",
+                           lambda: predictor.lower(eval_batch, padded, predictor.canvas(height, width)), memory_gib)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ def libtpu():
     return LIBTPU
 
 
-def compile_for_tpu(libtpu, *flags):
+def compile_for_tpu(libtpu, *flags, batch_size=4, topology="v5e:2x2"):
     environment = dict(os.environ, PYTHONPATH=str(libtpu), JAX_PLATFORMS="cpu")
-    command = [sys.executable, "-m", "benchmarks.memory", "--config", "configs/tiny.py", "--config.batch_size=4",
-               "--topology", "v5e:2x2", *flags]
+    command = [sys.executable, "-m", "benchmarks.memory", "--config", "configs/tiny.py",
+               f"--config.batch_size={batch_size}", "--topology", topology, *flags]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -45,6 +45,12 @@ def test_train_and_inference_steps_compile_for_a_tpu_slice(libtpu):
 def test_the_scipy_matcher_compiles_for_a_tpu_through_its_host_callback(libtpu):
     output = compile_for_tpu(libtpu, "--config.loss.matcher=scipy")
     assert "train step, batch 4 of 64x64" in output
+
+
+def test_a_step_that_does_not_fit_the_chip_is_reported_with_what_it_needs(libtpu):
+    output = compile_for_tpu(libtpu, "--config.dataset.image_size=(1024, 1024)", batch_size=64, topology="v5e:1x1")
+    line, = [line for line in output.splitlines() if line.startswith("train step")]
+    assert "does not fit: RESOURCE_EXHAUSTED" in line and "exceeds available HBM (15.75G)" in line
 
 
 def test_tpu_programs_get_no_cpu_compiler_options():
