@@ -1,7 +1,8 @@
 """Programs compile for a TPU slice ahead of time on this machine, without a TPU: libtpu compiles the
 tiny config's train step (with either matcher) and inference step for a v5e 2x2 slice, through
-benchmarks/memory.py. It guards against CPU-only code reaching TPU programs: ops or custom calls that
-TPUs lack, host callbacks that cannot be compiled, options for another platform."""
+benchmarks/memory.py, and a step too large for one chip is reported, not raised. It guards against
+CPU-only code reaching TPU programs: ops or custom calls that TPUs lack, host callbacks that cannot be
+compiled, options for another platform."""
 
 import os
 import pathlib
